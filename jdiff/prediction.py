@@ -1,0 +1,93 @@
+"""Prediction types and conversions between them.
+
+With ``x_t = alpha x_0 + sigma eps`` a network may predict
+
+* ``eps``:   the noise, ``eps``;
+* ``x0``:    the data, ``x_0`` (a denoiser ``D(x, t)``);
+* ``v``:     ``v = alpha eps - sigma x_0`` (Salimans & Ho 2022), valid for VP schedules
+  (``alpha^2 + sigma^2 = 1``);
+* ``score``: ``grad log p_t(x) = -eps / sigma``.
+
+:func:`to_x0_eps` turns any of them into the pair ``(x0, eps)`` that solvers consume. It never
+divides by sigma except for ``x0 -> eps`` (solvers never evaluate a model at sigma = 0).
+
+EDM preconditioning (Karras et al. 2022, Table 1) is in :func:`edm_scalings` and
+:func:`edm_denoiser`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+
+PREDICTIONS = ("eps", "x0", "v", "score")
+
+
+def check_prediction(kind: str) -> str:
+    if kind not in PREDICTIONS:
+        raise ValueError(f"unknown prediction type {kind!r}; valid: {', '.join(PREDICTIONS)}")
+    return kind
+
+
+def to_x0_eps(pred, x, alpha, sigma, kind: str):
+    """``(x0, eps)`` from a model output ``pred`` of type ``kind`` at ``x = alpha x0 + sigma eps``.
+
+    For ``v`` this uses ``x0 = alpha x - sigma v`` and ``eps = sigma x + alpha v``, which hold when
+    ``alpha^2 + sigma^2 = 1`` (VP schedules).
+    """
+    pred = pred.astype(x.dtype)
+    if kind == "eps":
+        return (x - sigma * pred) / alpha, pred
+    if kind == "x0":
+        return pred, (x - alpha * pred) / sigma
+    if kind == "v":
+        return alpha * x - sigma * pred, sigma * x + alpha * pred
+    if kind == "score":
+        eps = -sigma * pred
+        return (x - sigma * eps) / alpha, eps
+    raise ValueError(f"unknown prediction type {kind!r}; valid: {', '.join(PREDICTIONS)}")
+
+
+def from_x0_eps(x0, eps, alpha, sigma, kind: str):
+    """Inverse of :func:`to_x0_eps`: express ``(x0, eps)`` as a prediction of type ``kind``."""
+    if kind == "eps":
+        return eps
+    if kind == "x0":
+        return x0
+    if kind == "v":
+        return alpha * eps - sigma * x0
+    if kind == "score":
+        return -eps / sigma
+    raise ValueError(f"unknown prediction type {kind!r}; valid: {', '.join(PREDICTIONS)}")
+
+
+def edm_scalings(sigma, sigma_data: float = 0.5):
+    """EDM preconditioning ``(c_skip, c_out, c_in, c_noise)`` at noise level ``sigma``.
+
+    ``c_skip = sd^2 / (s^2 + sd^2)``, ``c_out = s sd / sqrt(s^2 + sd^2)``,
+    ``c_in = 1 / sqrt(s^2 + sd^2)``, ``c_noise = log(s) / 4`` (Karras et al. 2022, Table 1).
+    """
+    s2 = sigma**2 + sigma_data**2
+    return (
+        sigma_data**2 / s2,
+        sigma * sigma_data / jnp.sqrt(s2),
+        1.0 / jnp.sqrt(s2),
+        0.25 * jnp.log(sigma),
+    )
+
+
+def edm_denoiser(raw_fn: Callable, schedule, sigma_data: float = 0.5) -> Callable:
+    """Wrap a raw network ``F(x_in, c_noise)`` as an ``x0`` model function ``D(x, t)``.
+
+    Works for any schedule through the scaled variable ``x_hat = x / alpha`` and
+    ``sigma_hat = sigma / alpha``: ``D = c_skip x_hat + c_out F(c_in x_hat, c_noise)``.
+    """
+
+    def model_fn(x, t):
+        a, s = schedule.alpha(t), schedule.sigma_hat(t)
+        c_skip, c_out, c_in, c_noise = edm_scalings(s, sigma_data)
+        x_hat = x / a
+        return c_skip * x_hat + c_out * raw_fn(c_in * x_hat, c_noise)
+
+    return model_fn
