@@ -55,18 +55,19 @@ def _continuous_points(schedule, name: str, n: int, t_max: float, t_min: float, 
         return np.array([t_max], dtype=np.float64)
     u = np.linspace(0.0, 1.0, n)
     if name == "uniform_t":
-        return t_max + u * (t_min - t_max)
-    if name == "quadratic":
-        return (np.sqrt(t_max) + u * (np.sqrt(t_min) - np.sqrt(t_max))) ** 2
-    lam_max, lam_min = _f64(schedule.log_snr, np.array([t_min, t_max]))
-    if name == "logsnr":
-        lam = lam_min + u * (lam_max - lam_min)
-    else:  # karras
-        s_max, s_min = np.exp(-lam_min), np.exp(-lam_max)
-        s = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-        lam = -np.log(s)
-    t = _f64(schedule.t_of_log_snr, lam)
-    t[0], t[-1] = t_max, t_min  # exact end points despite round trips through lambda
+        t = t_max + u * (t_min - t_max)
+    elif name == "quadratic":
+        t = (np.sqrt(t_max) + u * (np.sqrt(t_min) - np.sqrt(t_max))) ** 2
+    else:
+        lam_max, lam_min = _f64(schedule.log_snr, np.array([t_min, t_max]))
+        if name == "logsnr":
+            lam = lam_min + u * (lam_max - lam_min)
+        else:  # karras
+            s_max, s_min = np.exp(-lam_min), np.exp(-lam_max)
+            s = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+            lam = -np.log(s)
+        t = _f64(schedule.t_of_log_snr, lam)
+    t[0], t[-1] = t_max, t_min  # exact end points despite round trips
     return t
 
 

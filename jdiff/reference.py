@@ -13,6 +13,8 @@ Dormand-Prince method under a max-norm PID controller, in float64, from ``t_star
 
 from __future__ import annotations
 
+from functools import partial
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,30 @@ from .prediction import check_prediction, to_x0_eps
 
 def _max_norm(y):
     return jnp.max(jnp.abs(y))
+
+
+@partial(jax.jit, static_argnames=("model_fn", "prediction", "rtol", "atol", "max_steps"))
+def _solve(schedule, x_T, t_start, t_end, *, model_fn, prediction, rtol, atol, max_steps):
+    def vector_field(sh, x_hat, args):  # noqa: ARG001
+        t = schedule.t_of_log_snr(-jnp.log(sh))
+        a, s = schedule.alpha(t), schedule.sigma(t)
+        x = a * x_hat
+        _, eps = to_x0_eps(model_fn(x, t), x, a, s, prediction)
+        return eps
+
+    at_zero = t_end == 0
+    safe_end = jnp.where(at_zero, 1.0, t_end)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        diffrax.Dopri8(),
+        t0=schedule.sigma_hat(t_start),
+        t1=jnp.where(at_zero, 0.0, schedule.sigma_hat(safe_end)),
+        dt0=None,
+        y0=x_T / schedule.alpha(t_start),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=_max_norm),
+        max_steps=max_steps,
+    )
+    return jnp.where(at_zero, 1.0, schedule.alpha(safe_end)) * sol.ys[-1]
 
 
 def reference_solve(
@@ -40,39 +66,17 @@ def reference_solve(
     """Solve the PF-ODE from ``x_T`` at ``t_start`` to ``t_end`` in float64; returns NumPy float64.
 
     ``model_fn`` must give a finite prediction in float64 at every visited time; with
-    ``prediction="eps"`` it is evaluated at ``t_end`` even when that is 0.
+    ``prediction="eps"`` it is evaluated at ``t_end`` even when that is 0. The compiled solve is
+    cached per ``model_fn`` (a static argument: reuse the same callable).
     """
     check_prediction(prediction)
+    t_start, t_end = float(t_start), float(t_end)
     if not t_start > t_end >= 0:
         raise ValueError(f"need t_start > t_end >= 0, got {t_start}, {t_end}")
     with jax.enable_x64(True):
-        x_T = jnp.asarray(np.asarray(x_T, dtype=np.float64))
-
-        def vector_field(sh, x_hat, args):  # noqa: ARG001
-            lam = -jnp.log(sh)
-            t = schedule.t_of_log_snr(lam)
-            a, s = schedule.alpha(t), schedule.sigma(t)
-            x = a * x_hat
-            _, eps = to_x0_eps(model_fn(x, t), x, a, s, prediction)
-            return eps
-
-        @jax.jit
-        def solve(x_T):
-            t0 = jnp.asarray(t_start, jnp.float64)
-            t1 = jnp.asarray(t_end, jnp.float64)
-            sh0 = schedule.sigma_hat(t0)
-            sh1 = jnp.where(t1 == 0, 0.0, schedule.sigma_hat(jnp.where(t1 == 0, 1.0, t1)))
-            sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(vector_field),
-                diffrax.Dopri8(),
-                t0=sh0,
-                t1=sh1,
-                dt0=None,
-                y0=x_T / schedule.alpha(t0),
-                stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=_max_norm),
-                max_steps=max_steps,
-            )
-            a1 = jnp.where(t1 == 0, 1.0, schedule.alpha(t1))
-            return a1 * sol.ys[-1]
-
-        return np.asarray(solve(x_T), dtype=np.float64)
+        x = jnp.asarray(np.asarray(x_T, dtype=np.float64))
+        out = _solve(
+            schedule, x, jnp.float64(t_start), jnp.float64(t_end),
+            model_fn=model_fn, prediction=prediction, rtol=rtol, atol=atol, max_steps=max_steps,
+        )
+        return np.asarray(out, dtype=np.float64)

@@ -55,7 +55,12 @@ class GaussianMixture:
             - 0.5 * jnp.sum(jnp.log(s), axis=-1)[None]
             - 0.5 * jnp.sum(y**2 / s[None], axis=-1)
         )
-        return jax.nn.softmax(logp, axis=-1), y, s
+        r = jax.nn.softmax(logp, axis=-1)
+        # The barrier stops XLA from fusing the softmax product into the following dot: with jax
+        # 0.10.2 on CPU that fusion returned NaN nondeterministically for batches of ~8000 (seen
+        # on gauss16d; tests/test_testbeds.py::test_exact_model_has_no_spurious_nans).
+        r, y = jax.lax.optimization_barrier((r, y))
+        return r, y, s
 
     def _unrotate(self, v):
         return v if self.rot is None else jnp.einsum("bke,kde->bkd", v, self.rot.astype(v.dtype))

@@ -1,0 +1,711 @@
+"""Sampler speed: one-jit ``jdiff.sample`` vs a Python-loop driver vs bare model calls.
+
+    python benchmarks/speed.py              # full run (about 3-4 min on a 2-core CPU)
+    python benchmarks/speed.py --quick      # smoke run (~30 s); prints only unless --out is given
+
+Setup: an eps-prediction MLP (:class:`jdiff.models.MLP`; default width 512, 4 hidden layers, data
+dim 64, time embedding 128: about 1.9 GFLOP per call at batch 1024, ~13 ms on one core of the
+2-core CPU this was written on), the DDPM ``vp_discrete`` schedule, a ``trailing`` grid ending at
+t = 0, batch 1024, float32. Each solver (all registered ones by default) gets, per NFE budget
+(10 and 50), the most steps whose NFE fits the budget (Heun at 10 takes 5 steps = 9 evaluations:
+its last step onto sigma = 0 skips the corrector), and the overheads use that exact NFE.
+
+Measured side by side:
+
+(a) ``sample``: the public :func:`jdiff.sample` call (one jitted program, ``lax.scan`` over the
+    steps), the model passed as ``Partial(model.apply, params)``; wall time from the Python call
+    to ``block_until_ready`` of the result, after warm-up.
+(b) ``loop``: the same solver driven step by step from Python, as PyTorch schedulers run.
+    Separately jitted programs, called from Python at every step:
+      * ``model = jax.jit(model.apply)(params, x, t)``: only the network;
+      * Heun only (k = 2 evaluations per step): ``stage(eps_1, state, grid, i)`` returning the
+        (x, t) of the corrector evaluation (the Euler predictor);
+      * ``step(eps_1..eps_k, state, grid, i)``: the prediction conversion (``to_x0_eps``) and the
+        solver update (``solver.step`` with a denoise that replays the given eps), including the
+        noise draw of stochastic solvers.
+    The first evaluation of a step is at (state.x, grid.t[i]) (asserted on the jaxpr), so it
+    needs no program; grid times and step indices are device scalars made before the loop (as
+    iterating ``scheduler.timesteps``). One-evaluation solvers: 2 dispatches per step. No host
+    synchronisation inside the loop (JAX dispatches asynchronously); one block at the end.
+(c) ``model``: one call of the ``model`` program at batch 1024, blocked on; median of all calls.
+(d) ``scan``: NFE model calls in one ``lax.scan`` (x <- model(x, t_i)) and nothing else: the
+    floor of (a), separating scan cost from step math.
+
+Derived: ``(b)/(a)``; the sampler overhead ``(a) / (NFE * (c)) - 1`` (target < 2%).
+
+Noise control (a 2-vCPU VM is noisy: medians of identical runs drift by 2x over seconds):
+rounds are interleaved -- every round times every configuration once, in a shuffled order, each
+as (a), a burst of NFE single model calls (c), (d) and (b) back to back, the order reversed in
+odd rounds. Besides the overhead from medians over the whole run, the *paired* overhead is
+``(a) / sum(burst) - 1`` within one round (both measured within about a second), reported as the
+median over rounds with its interquartile range; its scan and step-math parts are
+``(d) / sum(burst) - 1`` and ``((a) - (d)) / sum(burst)``.
+
+JAX's XLA:CPU backend runs this model on a single thread (its CPU time equals its wall time,
+measured and recorded as ``jax_cpu_per_wall``), so the PyTorch anchor uses
+``torch.set_num_threads(round(jax_cpu_per_wall))`` = 1 (override with ``--torch-threads``).
+
+Optional PyTorch anchor (torch + diffusers imported lazily; skipped if either is missing or with
+``--no-torch``), run after all JAX timings so that no OpenMP thread spins while JAX runs: the same
+MLP in PyTorch (weights copied from the Flax parameters), diffusers' own loop
+``for t in timesteps: x = sched.step(model(sched.scale_model_input(x, t), t), t, x).prev_sample``
+with ``set_timesteps`` inside the timed region (it resets multistep state), under
+``torch.inference_mode``. Schedulers: DDIM and Euler with ``trailing`` spacing at every NFE (same
+solver and grid as jdiff's ddim/euler: the final samples are compared), DPM-Solver++(2M) and UniPC
+(diffusers defaults) at NFE 10. Same paired rounds with bursts of torch model calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jdiff
+from jdiff.models import MLP
+from jdiff.prediction import to_x0_eps
+from jdiff.solvers.base import grid_coeffs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+
+def _block(x):
+    return jax.block_until_ready(x)
+
+
+def timeit(fn, sync=_block):
+    t0 = time.perf_counter()
+    sync(fn())
+    return time.perf_counter() - t0
+
+
+def summary(xs):
+    xs = sorted(xs)
+    if len(xs) == 1:
+        q1 = med = q3 = xs[0]
+    else:
+        q1, med, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return {"median": med, "q1": q1, "q3": q3, "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+# ----------------------------------------------------------------------------- JAX drivers
+
+
+def make_loop_driver(solver, model_jit, g, n_steps, final_zero, prediction="eps"):
+    """Python-loop driver of ``solver``: jitted model / stage / step programs (see docstring)."""
+
+    def replay(eps_given):
+        calls = []
+
+        def denoise(x, t, a, s):
+            k = len(calls)
+            calls.append((x, t))
+            pred = eps_given[k] if k < len(eps_given) else jnp.zeros_like(x)
+            return to_x0_eps(pred, x, a, s, prediction)
+
+        return denoise, calls
+
+    def stage(eps_given, state, g, i, *, j, to_zero):
+        denoise, calls = replay(eps_given)
+        solver.step(denoise, state, g, i, to_zero)
+        return calls[j]
+
+    def step(eps_given, state, g, i, *, to_zero):
+        denoise, _ = replay(eps_given)
+        return solver.step(denoise, state, g, i, to_zero)
+
+    def n_calls(to_zero):
+        denoise, calls = replay(())
+        x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
+        jax.eval_shape(lambda x: solver.step(denoise, solver.init(x, g, jax.random.key(0)), g, 0,
+                                             to_zero), x)
+        return len(calls)
+
+    k_mid, k_last = n_calls(False), n_calls(final_zero)
+    # The driver skips stage 0: the first evaluation must be at state.x (first leaf of the args).
+    st = solver.init(jnp.zeros((4, 3)), g, jax.random.key(0))
+    jpr = jax.make_jaxpr(partial(stage, j=0, to_zero=False))((), st, g, jnp.int32(0)).jaxpr
+    if jpr.outvars[0] is not jpr.invars[0]:
+        raise RuntimeError(f"solver {solver.name}: first evaluation of a step is not at state.x")
+
+    stage_jit = jax.jit(stage, static_argnames=("j", "to_zero"))
+    step_jit = jax.jit(step, static_argnames=("to_zero",))
+    t_dev = [jax.device_put(g.t[i]) for i in range(n_steps)]
+    i_dev = [jax.device_put(jnp.int32(i)) for i in range(n_steps)]
+
+    def run(params, x_T, key):
+        state = solver.init(x_T, g, key)
+        for i in range(n_steps):
+            last = i == n_steps - 1
+            to_zero = final_zero and last
+            eps = []
+            for j in range(k_last if last else k_mid):
+                if j == 0:
+                    x, t = state.x, t_dev[i]
+                else:
+                    x, t = stage_jit(tuple(eps), state, g, i_dev[i], j=j, to_zero=to_zero)
+                eps.append(model_jit(params, x, t))
+            state = step_jit(tuple(eps), state, g, i_dev[i], to_zero=to_zero)
+        return state.x
+
+    return run, (k_mid, k_last)
+
+
+def make_model_scan(model_apply):
+    @jax.jit
+    def run(params, x, ts):
+        def body(x, t):
+            return model_apply(params, x, t), None
+
+        return lax.scan(body, x, ts)[0]
+
+    return run
+
+
+def micro_benchmarks(params, model_apply, x, sch, reps):
+    """Cost of the pieces of one solver step, each as its own jitted program (median)."""
+    g = jax.jit(grid_coeffs, static_argnums=2)(sch, jdiff.grids.make_grid(sch, "trailing", 10),
+                                                jnp.float32)
+    a_t, s_t, a_s, s_s = g.alpha[3], g.sigma[3], g.alpha[4], g.sigma[4]
+    eps = model_apply(params, x, g.t[3])
+    i3 = jnp.int32(3)
+    noise = lambda k, i: jax.random.normal(jax.random.fold_in(k, i), x.shape, x.dtype)  # noqa: E731
+    progs = {
+        "dispatch floor (jitted x[0, 0] + 1)": (jax.jit(lambda x: x[0, 0] + 1), (x,)),
+        "ddim update incl. to_x0_eps": (
+            jax.jit(lambda x, e, a, s, a2, s2: a2 * ((x - s * e) / a) + s2 * e),
+            (x, eps, a_t, s_t, a_s, s_s)),
+        "euler update (x / a_t + dh eps) * a_s": (
+            jax.jit(lambda x, e, a, d, a2: a2 * (x / a + d * e)), (x, eps, a_t, s_s - s_t, a_s)),
+        "coefficient gathers g.alpha[i], g.sigma[i], ...": (
+            jax.jit(lambda g, i: (g.t[i], g.alpha[i], g.sigma[i], g.alpha[i + 1], g.sigma[i + 1],
+                                  g.sigma_hat[i], g.sigma_hat[i + 1])), (g, i3)),
+        "noise: fold_in + normal, threefry (partitionable, jax default)": (
+            jax.jit(noise), (jax.random.key(1), i3)),
+    }
+    ts = {k: [] for k in progs}
+    for f, a in progs.values():
+        _block(f(*a))
+    for _ in range(reps):
+        for k, (f, a) in progs.items():
+            ts[k].append(timeit(lambda f=f, a=a: f(*a)))
+    out = {k: statistics.median(v) for k, v in ts.items()}
+    # the same noise draw with the non-partitionable threefry (a global config flag)
+    old = jax.config.jax_threefry_partitionable
+    try:
+        jax.config.update("jax_threefry_partitionable", not old)
+        f = jax.jit(noise)
+        _block(f(jax.random.key(1), i3))
+        v = [timeit(lambda: f(jax.random.key(1), i3)) for _ in range(reps)]
+        out[f"noise: fold_in + normal, threefry (partitionable={not old})"] = statistics.median(v)
+    finally:
+        jax.config.update("jax_threefry_partitionable", old)
+    return out
+
+
+# ----------------------------------------------------------------------------- PyTorch anchor
+
+
+def torch_phase(args, flax_params, x_np, n_threads, jax_rows):
+    try:
+        import diffusers
+        import torch
+        from diffusers import (
+            DDIMScheduler,
+            DPMSolverMultistepScheduler,
+            EulerDiscreteScheduler,
+            UniPCMultistepScheduler,
+        )
+    except ImportError as e:  # optional dependency
+        print(f"[torch] skipped: {e}", flush=True)
+        return None
+
+    torch.set_num_threads(n_threads)
+    use_cuda = torch.cuda.is_available() and jax.default_backend() == "gpu"
+    dev = torch.device("cuda" if use_cuda else "cpu")
+
+    def sync(_=None):
+        if use_cuda:
+            torch.cuda.synchronize()
+
+    nn, F, N = torch.nn, torch.nn.functional, 1000
+
+    class TorchMLP(nn.Module):
+        """:class:`jdiff.models.MLP` in PyTorch, called with diffusers' integer timestep."""
+
+        def __init__(self, dim, features, depth, emb_dim, time_scale=1000.0, max_period=10000.0):
+            super().__init__()
+            self.emb_dim, self.time_scale, self.max_period = emb_dim, time_scale, max_period
+            self.time_dense = nn.Linear(emb_dim, features)
+            self.dense_in = nn.Linear(dim, features)
+            self.hidden = nn.ModuleList([nn.Linear(features, features) for _ in range(depth - 1)])
+            self.dense_out = nn.Linear(features, dim)
+
+        def forward(self, x, timestep):
+            t = (timestep.to(torch.float32) + 1.0) / N * self.time_scale  # jdiff t = (n + 1) / N
+            half = self.emb_dim // 2
+            freqs = torch.exp(-np.log(self.max_period) / half
+                              * torch.arange(half, device=x.device, dtype=torch.float32))
+            emb = torch.cat([torch.cos(t * freqs), torch.sin(t * freqs)])
+            h = self.dense_in(x) + F.silu(self.time_dense(emb))
+            for layer in self.hidden:
+                h = layer(F.silu(h))
+            return self.dense_out(F.silu(h))
+
+    tm = TorchMLP(args.dim, args.width, args.depth, args.temb).to(dev).eval()
+    p = flax_params["params"]
+    named = [("time_dense", tm.time_dense), ("dense_in", tm.dense_in), ("dense_out", tm.dense_out)]
+    named += [(f"dense_{k + 1}", layer) for k, layer in enumerate(tm.hidden)]
+    with torch.no_grad():
+        for name, lin in named:
+            lin.weight.copy_(torch.from_numpy(np.array(p[name]["kernel"]).T))
+            lin.bias.copy_(torch.from_numpy(np.array(p[name]["bias"])))
+
+    x_T = torch.from_numpy(np.array(x_np)).to(dev)
+    ts0 = torch.tensor(499, device=dev)
+    common = dict(num_train_timesteps=N, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    factories = {
+        "DDIM": lambda: DDIMScheduler(**common, timestep_spacing="trailing", set_alpha_to_one=True,
+                                      clip_sample=False),
+        "Euler": lambda: EulerDiscreteScheduler(**common, timestep_spacing="trailing"),
+        "DPM++2M": lambda: DPMSolverMultistepScheduler(**common),
+        "UniPC": lambda: UniPCMultistepScheduler(**common),
+    }
+    configs = [(name, nfe) for nfe in args.nfe for name in ("DDIM", "Euler")]
+    configs += [(name, 10) for name in ("DPM++2M", "UniPC") if 10 in args.nfe]
+    scheds = {name: factories[name]() for name in factories}
+
+    def run(sched, nfe):
+        sched.set_timesteps(nfe, device=dev)
+        x = x_T * sched.init_noise_sigma  # 1 for DDIM/DPM/UniPC, 1 / alpha_T for Euler
+        for t in sched.timesteps:
+            x = sched.step(tm(sched.scale_model_input(x, t), t), t, x).prev_sample
+        return x
+
+    def model_call():
+        return tm(x_T, ts0)
+
+    with torch.inference_mode():
+        for _ in range(3):
+            model_call()
+        rows = {}
+        for c in configs:
+            out = run(scheds[c[0]], c[1]).cpu().numpy()
+            rows[c] = {"scheduler": c[0], "nfe": len(scheds[c[0]].timesteps), "out": out,
+                       "loop": [], "burst": []}
+        model_times = []
+        for r in range(args.rounds):
+            order = list(configs)
+            random.Random(1000 + r).shuffle(order)
+            for c in order:
+                row = rows[c]
+                burst = lambda row=row: [timeit(model_call, sync) for _ in range(row["nfe"])]  # noqa
+                loop = lambda c=c: timeit(lambda: run(scheds[c[0]], c[1]), sync)  # noqa: E731
+                if r % 2:
+                    b = burst()
+                    row["loop"].append(loop())
+                else:
+                    row["loop"].append(loop())
+                    b = burst()
+                row["burst"].append(sum(b))
+                model_times += b
+            print(f"[torch] round {r + 1}/{args.rounds}", flush=True)
+        v = []
+        for _ in range(args.micro_reps):
+            t0 = time.perf_counter()
+            torch.randn(x_T.shape, device=dev)
+            sync()
+            v.append(time.perf_counter() - t0)
+        randn_s = statistics.median(v)
+        v = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            scheds["DPM++2M"].set_timesteps(10, device=dev)
+            v.append(time.perf_counter() - t0)
+        set_ts_s = statistics.median(v)
+
+    model_med = statistics.median(model_times)
+    out_rows = []
+    for c in configs:
+        row = rows[c]
+        s = summary(row["loop"])
+        nfe = row["nfe"]
+        paired = summary([a / b - 1.0 for a, b in zip(row["loop"], row["burst"])])
+        o = {"scheduler": row["scheduler"], "nfe": nfe, "loop": s,
+             "overhead": s["median"] / (nfe * model_med) - 1.0, "overhead_paired": paired}
+        jd = {"DDIM": "ddim", "Euler": "euler"}.get(c[0])
+        match = [r for r in jax_rows if r["solver"] == jd and r["nfe_budget"] == c[1]]
+        if match:
+            o["jdiff_solver"] = jd
+            o["over_jdiff_sample"] = s["median"] / match[0]["sample"]["median"]
+            o["max_abs_diff_vs_jdiff"] = float(np.max(np.abs(row["out"] - match[0]["_x"])))
+        out_rows.append(o)
+    return {
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "device": str(dev),
+        "num_threads": torch.get_num_threads(), "model_call": summary(model_times),
+        "randn_s": randn_s, "set_timesteps_dpm10_s": set_ts_s, "rows": out_rows,
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info():
+    try:
+        n_avail = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n_avail = os.cpu_count()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+        "os_cpu_count": os.cpu_count(), "cpus_available": n_avail,
+        "jax": jax.__version__, "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+    }
+
+
+def ms(s):
+    return f"{s * 1e3:.1f}" if s >= 0.1 else f"{s * 1e3:.2f}"
+
+
+def pct(x):
+    return f"{100 * x:+.1f}%"
+
+
+def iqr_pct(s):
+    return f"{pct(s['median'])} [{pct(s['q1'])}, {pct(s['q3'])}]"
+
+
+def findings(res):
+    """Summary lines computed from this run's numbers."""
+    L = []
+    mc = res["model_call"]["median"]
+    rows = res["jax"]
+    det = [r for r in rows if not r["stochastic"]]
+    sto = [r for r in rows if r["stochastic"]]
+    ok = sum(r["overhead_paired"]["median"] < 0.02 for r in rows)
+    L.append(f"- Paired overhead of `jdiff.sample` below 2% in {ok}/{len(rows)} configurations; "
+             f"deterministic solvers: {pct(min(r['overhead_paired']['median'] for r in det))} .. "
+             f"{pct(max(r['overhead_paired']['median'] for r in det))}"
+             + (f"; stochastic solvers: {pct(min(r['overhead_paired']['median'] for r in sto))} .. "
+                f"{pct(max(r['overhead_paired']['median'] for r in sto))}" if sto else "") + ".")
+    sc = [r["scan_paired"]["median"] for r in rows]
+    L.append(f"- Model calls inside `lax.scan` vs the same calls dispatched one by one: "
+             f"{pct(min(sc))} .. {pct(max(sc))} (paired medians).")
+    ratios = [r["loop_over_sample"] for r in rows]
+    L.append(f"- Python-loop driver (b) / one-jit sample (a): {min(ratios):.3f} .. "
+             f"{max(ratios):.3f}.")
+    if res.get("micro"):
+        m = res["micro"]
+        L.append("- Per-step pieces in isolation (each its own jitted call, so each includes the "
+                 "dispatch floor): " + "; ".join(f"{k}: {v * 1e6:.0f} us ({100 * v / mc:.2f}% "
+                                                   f"of a model call)" for k, v in m.items()) + ".")
+    t = res.get("torch")
+    if t:
+        ov = [r["overhead_paired"]["median"] for r in t["rows"]]
+        L.append(f"- diffusers loops: paired overhead {pct(min(ov))} .. {pct(max(ov))} of a torch "
+                 f"model call ({ms(t['model_call']['median'])} ms, "
+                 f"{t['num_threads']} thread(s)); torch.randn of one sample batch "
+                 f"{t['randn_s'] * 1e6:.0f} us.")
+    return L
+
+
+def write_md(path, res):
+    m, cfg, mc = res["machine"], res["config"], res["model_call"]
+    L = [
+        "# jdiff sampler speed",
+        "",
+        f"Command: `{res['command']}` (wall time {res['wall_s']:.0f} s)  ",
+        f"Machine: {m['cpu']}, {m['cpus_available']} CPUs available (os.cpu_count() = "
+        f"{m['os_cpu_count']}), {m['platform']}, Python {m['python']}  ",
+        f"JAX {m['jax']}, backend `{m['jax_backend']}`, jax.devices() = {m['jax_devices']}; "
+        f"JAX CPU time / wall time during model calls = {res['jax_cpu_per_wall']:.2f} "
+        "(XLA:CPU runs this model on one thread)  ",
+        f"Load average (1/5/15 min) before / after: {res['loadavg_before']} / "
+        f"{res['loadavg_after']}",
+        "",
+        f"Model: `jdiff.models.MLP(features={cfg['width']}, depth={cfg['depth']}, "
+        f"time_embedding_dim={cfg['temb']})`, data dim {cfg['dim']}, batch {cfg['batch']}, "
+        f"float32, eps-prediction; `vp_discrete` schedule, `trailing` grid ending at t = 0. "
+        f"{cfg['rounds']} interleaved rounds.",
+        "",
+        f"(c) one model call: **{ms(mc['median'])} ms** (median of {mc['n']}; IQR "
+        f"[{ms(mc['q1'])}, {ms(mc['q3'])}], min {ms(mc['min'])}).",
+        "",
+        "| solver | steps | NFE | (a) sample ms | (b) loop ms | (b)/(a) | NFE x (c) ms "
+        "| overhead from medians | **overhead paired** [IQR] | scan part | step-math part |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["jax"]:
+        a, b = r["sample"], r["loop"]
+        L.append(
+            f"| {r['solver']} | {r['steps']} | {r['nfe']} | {ms(a['median'])} [{ms(a['q1'])}, "
+            f"{ms(a['q3'])}] | {ms(b['median'])} [{ms(b['q1'])}, {ms(b['q3'])}] | "
+            f"{r['loop_over_sample']:.3f} | {ms(r['nfe'] * mc['median'])} | "
+            f"{pct(r['overhead'])} | **{iqr_pct(r['overhead_paired'])}** | "
+            f"{pct(r['scan_paired']['median'])} | {pct(r['step_math_paired']['median'])} |"
+        )
+    L += [
+        "",
+        "- (a), (b): medians over rounds [IQR]. (b) = per step, a jitted model call + a jitted "
+        "step program (conversion + update + noise) dispatched from Python; Heun adds a jitted "
+        "stage program for its corrector input.",
+        "- overhead from medians = (a) / (NFE x (c)) - 1 with the run-wide medians.",
+        "- overhead paired = (a) / (sum of NFE single model calls timed right next to it) - 1, "
+        "median over rounds [IQR]; scan part = (d) / burst - 1 with (d) = NFE model calls in one "
+        "`lax.scan` and nothing else; step-math part = ((a) - (d)) / burst.",
+        "",
+        f"Checks: max |(a) - (b)| over all configurations = "
+        f"{res['checks']['max_abs_diff_sample_vs_loop']:.3g}; all samples finite: "
+        f"{res['checks']['all_finite']}.",
+    ]
+    if res.get("micro"):
+        L += ["", f"Per-step pieces in isolation (jitted, batch {cfg['batch']} x {cfg['dim']}, "
+              "median; each includes one dispatch):", ""]
+        L += [f"- {k}: {v * 1e6:.0f} us ({100 * v / mc['median']:.2f}% of a model call)"
+              for k, v in res["micro"].items()]
+    t = res.get("torch")
+    if t:
+        tc = t["model_call"]
+        L += [
+            "",
+            f"## PyTorch anchor: diffusers' own loop",
+            "",
+            f"torch {t['torch']}, diffusers {t['diffusers']}, device {t['device']}, "
+            f"`torch.set_num_threads({t['num_threads']})` (= JAX's CPU time / wall time, rounded). "
+            f"Same MLP in PyTorch with the Flax weights. One torch model call: "
+            f"**{ms(tc['median'])} ms** (IQR [{ms(tc['q1'])}, {ms(tc['q3'])}], min "
+            f"{ms(tc['min'])}). `set_timesteps` (inside the timed loop): "
+            f"{t['set_timesteps_dpm10_s'] * 1e6:.0f} us (DPM++, 10); `torch.randn` of one batch: "
+            f"{t['randn_s'] * 1e6:.0f} us.",
+            "",
+            "| scheduler | NFE | diffusers loop ms | overhead from medians | "
+            "**overhead paired** [IQR] | / jdiff sample of the same solver | max abs diff vs jdiff |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in t["rows"]:
+            s = r["loop"]
+            rel = f"{r['over_jdiff_sample']:.2f} ({r['jdiff_solver']})" if "jdiff_solver" in r else ""
+            diff = f"{r['max_abs_diff_vs_jdiff']:.2g}" if "jdiff_solver" in r else ""
+            L.append(f"| {r['scheduler']} | {r['nfe']} | {ms(s['median'])} [{ms(s['q1'])}, "
+                     f"{ms(s['q3'])}] | {pct(r['overhead'])} | **{iqr_pct(r['overhead_paired'])}**"
+                     f" | {rel} | {diff} |")
+    elif "torch" in res:
+        L += ["", "PyTorch anchor: skipped (torch/diffusers not importable, or --no-torch)."]
+    L += ["", "## Findings (computed from this run)", ""] + res["notes"]
+    with open(path, "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 2 rounds, NFE 10, ddim/euler/heun; writes nothing unless --out")
+    ap.add_argument("--solvers", default="all", help="comma list, or 'all' registered solvers")
+    ap.add_argument("--nfe", default="10,50", help="comma list of NFE budgets")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--temb", type=int, default=128, help="time embedding dim")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    ap.add_argument("--micro-reps", type=int, default=200, help="repeats of each micro-benchmark")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch.set_num_threads (default: JAX's measured CPU/wall ratio, rounded)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch/diffusers anchor")
+    ap.add_argument("--no-micro", action="store_true", help="skip the per-piece micro-benchmarks")
+    ap.add_argument("--out", default=None,
+                    help="output prefix: writes PREFIX.json and PREFIX.md (default "
+                         "benchmarks/results/speed; nothing for --quick)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds = min(args.rounds, 2)
+        args.micro_reps = min(args.micro_reps, 30)
+        args.nfe = "10" if args.nfe == "10,50" else args.nfe
+        args.solvers = "ddim,euler,heun" if args.solvers == "all" else args.solvers
+    args.nfe = [int(v) for v in args.nfe.split(",")]
+    names = list(jdiff.solvers.SOLVERS) if args.solvers == "all" else args.solvers.split(",")
+    out = args.out if args.out is not None else (
+        None if args.quick else os.path.join(HERE, "results", "speed"))
+
+    t_start = time.perf_counter()
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    info = machine_info()
+    print(f"[speed] {info['cpu']}, {info['cpus_available']} CPUs, jax {info['jax']} "
+          f"{info['jax_devices']}", flush=True)
+
+    model = MLP(features=args.width, depth=args.depth, time_embedding_dim=args.temb)
+    params = model.init(jax.random.key(0), jnp.zeros((1, args.dim)), 0.5)
+    x_T = jax.random.normal(jax.random.key(1), (args.batch, args.dim), jnp.float32)
+    key = jax.random.key(2)
+    sch = jdiff.schedules.vp_discrete()
+    model_fn = jax.tree_util.Partial(model.apply, params)
+    model_jit = jax.jit(model.apply)
+    model_scan = make_model_scan(model.apply)
+    t_mid = jax.device_put(jnp.float32(0.5))
+
+    def model_call():
+        return model_jit(params, x_T, t_mid)
+
+    for _ in range(3):
+        _block(model_call())
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(20):
+        _block(model_call())
+    cpu_per_wall = (time.process_time() - c0) / (time.perf_counter() - w0)
+
+    configs = []
+    t0 = time.perf_counter()
+    for nfe_budget in args.nfe:
+        for name in names:
+            solver = jdiff.solvers.get_solver(name)
+            steps = jdiff.solvers.steps_for_nfe(solver, nfe_budget)
+            grid = jdiff.grids.make_grid(sch, "trailing", steps)
+            g = jax.jit(grid_coeffs, static_argnums=2)(sch, grid, jnp.float32)
+            loop, ks = make_loop_driver(solver, model_jit, g, steps, True)
+            nfe = jdiff.nfe(solver, grid)
+            c = dict(solver=name, nfe_budget=nfe_budget, steps=steps, nfe=nfe, obj=solver,
+                     grid=grid, loop=loop, ks=ks, stochastic=solver.stochastic,
+                     ts_scan=jnp.asarray(np.resize(np.asarray(g.t[:-1]), nfe)),
+                     times={"sample": [], "loop": [], "scan": [], "burst": []})
+            # warm-up (compiles) and the loop driver checked against sample
+            xa = np.asarray(jdiff.sample(model_fn, sch, solver, grid, x_T, key=key))
+            xb = np.asarray(loop(params, x_T, key))
+            _block(model_scan(params, x_T, c["ts_scan"]))
+            c.update(_x=xa, diff=float(np.max(np.abs(xa - xb))),
+                     finite=bool(np.isfinite(xa).all() and np.isfinite(xb).all()))
+            configs.append(c)
+    max_diff = max(c["diff"] for c in configs)
+    print(f"[speed] {len(configs)} configurations compiled in {time.perf_counter() - t0:.0f} s; "
+          f"max |sample - loop| = {max_diff:.3g}; JAX CPU/wall = {cpu_per_wall:.2f}", flush=True)
+
+    def timers(c):
+        return {
+            "sample": lambda: timeit(lambda: jdiff.sample(model_fn, sch, c["obj"], c["grid"], x_T,
+                                                          key=key)),
+            "scan": lambda: timeit(lambda: model_scan(params, x_T, c["ts_scan"])),
+            "loop": lambda: timeit(lambda: c["loop"](params, x_T, key)),
+        }
+
+    model_times = []
+    for r in range(args.rounds):
+        order = list(range(len(configs)))
+        random.Random(r).shuffle(order)
+        modes = ["sample", "burst", "scan", "loop"]
+        if r % 2:
+            modes.reverse()
+        for ci in order:
+            c = configs[ci]
+            tm = timers(c)
+            for mode in modes:
+                if mode == "burst":  # keep the single calls for the run-wide median (c)
+                    b = [timeit(model_call) for _ in range(c["nfe"])]
+                    model_times += b
+                    c["times"]["burst"].append(sum(b))
+                else:
+                    c["times"][mode].append(tm[mode]())
+        print(f"[speed] round {r + 1}/{args.rounds} ({time.perf_counter() - t_start:.0f} s)",
+              flush=True)
+
+    model_med = statistics.median(model_times)
+    rows = []
+    for c in configs:
+        T = c["times"]
+        s = summary(T["sample"])
+        rows.append({
+            "solver": c["solver"], "stochastic": c["stochastic"], "nfe_budget": c["nfe_budget"],
+            "steps": c["steps"], "nfe": c["nfe"], "model_calls_per_step": list(c["ks"]),
+            "sample": s, "loop": summary(T["loop"]), "scan": summary(T["scan"]),
+            "burst": summary(T["burst"]),
+            "loop_over_sample": statistics.median(T["loop"]) / s["median"],
+            "loop_over_sample_paired": summary([b / a for a, b in zip(T["sample"], T["loop"])]),
+            "overhead": s["median"] / (c["nfe"] * model_med) - 1.0,
+            "overhead_paired": summary([a / b - 1 for a, b in zip(T["sample"], T["burst"])]),
+            "scan_paired": summary([d / b - 1 for d, b in zip(T["scan"], T["burst"])]),
+            "step_math_paired": summary([(a - d) / b for a, d, b in
+                                         zip(T["sample"], T["scan"], T["burst"])]),
+            "max_abs_diff_sample_vs_loop": c["diff"],
+            "_x": c["_x"],
+        })
+
+    micro = None if args.no_micro else micro_benchmarks(params, model.apply, x_T, sch,
+                                                        args.micro_reps)
+    torch_res = None
+    if not args.no_torch:
+        n_thr = args.torch_threads or max(1, round(cpu_per_wall))
+        torch_res = torch_phase(args, params, np.asarray(x_T), n_thr, rows)
+    for r in rows:
+        r.pop("_x")
+
+    res = {
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+        if argv is None else f"benchmarks.speed.main({argv!r})",
+        "machine": info,
+        "jax_cpu_per_wall": cpu_per_wall,
+        "config": {"batch": args.batch, "dim": args.dim, "width": args.width, "depth": args.depth,
+                   "temb": args.temb, "rounds": args.rounds, "nfe_budgets": args.nfe,
+                   "solvers": names, "grid": "trailing", "schedule": "vp_discrete",
+                   "dtype": "float32", "prediction": "eps"},
+        "model_call": summary(model_times),
+        "jax": rows,
+        "checks": {"max_abs_diff_sample_vs_loop": max_diff,
+                   "all_finite": all(c["finite"] for c in configs)},
+        "micro": micro,
+        "torch": torch_res,
+        "loadavg_before": load_before,
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+    }
+    res["notes"] = findings(res)
+    res["wall_s"] = time.perf_counter() - t_start
+
+    print(f"\n(c) model call: {model_med * 1e3:.2f} ms")
+    print(f"{'solver':16s} {'NFE':>4s} {'(a) ms':>9s} {'(b) ms':>9s} {'b/a':>6s} {'(d) ms':>9s} "
+          f"{'ovh med':>8s} {'ovh paired [IQR]':>26s}")
+    for r in rows:
+        o = r["overhead_paired"]
+        print(f"{r['solver']:16s} {r['nfe']:4d} {r['sample']['median'] * 1e3:9.1f} "
+              f"{r['loop']['median'] * 1e3:9.1f} {r['loop_over_sample']:6.3f} "
+              f"{r['scan']['median'] * 1e3:9.1f} {pct(r['overhead']):>8s} "
+              f"{pct(o['median']):>8s} [{pct(o['q1'])}, {pct(o['q3'])}]")
+    if torch_res:
+        print(f"\ntorch model call: {torch_res['model_call']['median'] * 1e3:.2f} ms "
+              f"({torch_res['num_threads']} threads)")
+        for r in torch_res["rows"]:
+            print(f"diffusers {r['scheduler']:8s} NFE {r['nfe']:3d} {r['loop']['median'] * 1e3:9.1f}"
+                  f" ms  overhead {pct(r['overhead'])}  paired {pct(r['overhead_paired']['median'])}")
+    print("\n" + "\n".join(res["notes"]))
+    print(f"\n[speed] total {res['wall_s']:.0f} s")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out + ".json", "w") as f:
+            json.dump(res, f, indent=1)
+        write_md(out + ".md", res)
+        print(f"[speed] wrote {out}.json and {out}.md")
+    return res
+
+
+if __name__ == "__main__":
+    main()

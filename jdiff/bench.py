@@ -1,0 +1,246 @@
+"""Step-count benchmark: solver error against NFE on analytic testbeds.
+
+For every testbed, grid, solver and NFE budget we sample from the same initial noise and compare
+with a high-accuracy diffrax solve of the probability-flow ODE from that noise to the same final
+time (:func:`jdiff.reference_solve`). Errors (per-dimension RMS, so testbeds of different
+dimension are comparable):
+
+* ``rmse``: ``sqrt(mean over samples and dims of (x - x_ref)^2)``;
+* ``median_error``: median over samples of ``||x - x_ref|| / sqrt(D)``;
+* ``sw``: sliced Wasserstein-1 distance (128 fixed random directions) between the samples and
+  exact data samples; ``sw_floor`` is the same distance for the reference solve, i.e. the
+  finite-sample noise floor. For stochastic solvers (``ddpm``, ``euler_ancestral``) the
+  trajectory errors are not discretisation errors of the ODE; compare them by ``sw``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from . import grids as grids_mod
+from .reference import reference_solve
+from .sampling import init_noise, nfe as count_nfe, sample
+from .schedules import get_schedule
+from .solvers import SOLVERS, get_solver, steps_for_nfe
+from .testbeds import get_testbed
+
+DEFAULT_TESTBEDS = ("mix2d", "mix16d")
+DEFAULT_NFE = (5, 6, 8, 10, 15, 20, 50)
+
+
+@dataclass
+class StepCountConfig:
+    testbeds: tuple = DEFAULT_TESTBEDS
+    solvers: tuple = tuple(SOLVERS)
+    nfe: tuple = DEFAULT_NFE
+    grids: tuple = ("logsnr",)
+    schedule: str = "vp_discrete"
+    final: str = "zero"
+    n_samples: int = 1000
+    seed: int = 0
+    noise: str | None = None  # path to a .npy of standard-normal noise, shape (n, dim)
+
+
+def parse_list(value: str, valid, what: str, allow_all: bool = True) -> tuple:
+    """Split a comma list, expanding ``all``; ``ValueError`` names unknown entries and lists valid ones."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"empty {what} list")
+    if allow_all and items == ["all"]:
+        return tuple(valid)
+    bad = [v for v in items if v not in valid]
+    if bad:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, bad))}; valid: {', '.join(valid)}"
+                         + (" or all" if allow_all else ""))
+    return tuple(items)
+
+
+def parse_nfe(value: str) -> tuple:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--nfe must be a comma list of integers, got {value!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise ValueError(f"--nfe values must be positive integers, got {value!r}")
+    return out
+
+
+def load_noise(path: str, dim: int) -> np.ndarray:
+    try:
+        z = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read noise file {path!r}: {e}") from None
+    if z.ndim != 2 or z.shape[1] != dim:
+        raise ValueError(f"noise in {path!r} has shape {z.shape}; the testbed needs (n, {dim})")
+    if not np.all(np.isfinite(z)):
+        raise ValueError(f"noise in {path!r} has non-finite values")
+    return z.astype(np.float32)
+
+
+def sliced_wasserstein(a: np.ndarray, b: np.ndarray, n_dirs: int = 128, seed: int = 0) -> float:
+    """Sliced Wasserstein-1 distance between two equal-size samples, per-dimension scale."""
+    rng = np.random.RandomState(seed)
+    d = rng.standard_normal((a.shape[1], n_dirs))
+    d /= np.linalg.norm(d, axis=0, keepdims=True)
+    pa, pb = np.sort(a @ d, axis=0), np.sort(b @ d, axis=0)
+    return float(np.mean(np.abs(pa - pb)))
+
+
+def _errors(x: np.ndarray, ref: np.ndarray) -> dict:
+    diff = x.astype(np.float64) - ref
+    per_sample = np.linalg.norm(diff, axis=1) / np.sqrt(diff.shape[1])
+    return {
+        "rmse": float(np.sqrt(np.mean(diff**2))),
+        "median_error": float(np.median(per_sample)),
+        "max_error": float(np.max(per_sample)),
+    }
+
+
+def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
+    """Run the benchmark; returns a list of records (see module docstring)."""
+    schedule = get_schedule(cfg.schedule)
+    solvers = {name: get_solver(name) for name in cfg.solvers}
+    plan = []
+    for tb_name in cfg.testbeds:
+        for grid_name in cfg.grids:
+            for sname, solver in solvers.items():
+                for budget in cfg.nfe:
+                    n = steps_for_nfe(solver, budget, cfg.final == "zero")
+                    plan.append((tb_name, grid_name, sname, budget, n))
+    # validate every grid before spending time
+    for tb_name, grid_name, sname, budget, n in plan:
+        grids_mod.make_grid(schedule, grid_name, n, cfg.final)
+
+    records = []
+    task = progress.add_task("step counts", total=len(plan)) if progress else None
+    key = jax.random.key(cfg.seed)
+    testbeds, refs, data = {}, {}, {}
+    for tb_name, grid_name, sname, budget, n in plan:
+        if tb_name not in testbeds:
+            tb = get_testbed(tb_name)
+            if cfg.noise:
+                z = load_noise(cfg.noise, tb.dim)
+            else:
+                z = np.random.RandomState(cfg.seed).standard_normal((cfg.n_samples, tb.dim)).astype(np.float32)
+            x_data = np.asarray(tb.sample(jax.random.fold_in(key, 1), z.shape[0]))
+            testbeds[tb_name] = (tb, tb.model_fn(schedule), z)
+            data[tb_name] = x_data
+        tb, model_fn, z = testbeds[tb_name]
+        grid = grids_mod.make_grid(schedule, grid_name, n, cfg.final)
+        x_T = np.asarray(init_noise(schedule, grid[0], z))
+        rkey = (tb_name, float(grid[0]), float(grid[-1]))
+        if rkey not in refs:
+            ref = reference_solve(model_fn, schedule, x_T, grid[0], grid[-1])
+            refs[rkey] = (ref, sliced_wasserstein(ref, data[tb_name]))
+        ref, sw_floor = refs[rkey]
+        solver = solvers[sname]
+        t0 = time.perf_counter()
+        x = np.asarray(sample(model_fn, schedule, solver, grid, x_T, key=jax.random.fold_in(key, 2)))
+        wall = time.perf_counter() - t0
+        rec = {
+            "testbed": tb_name,
+            "dim": tb.dim,
+            "schedule": cfg.schedule,
+            "solver": sname,
+            "stochastic": solver.stochastic,
+            "grid": grid_name,
+            "final": cfg.final,
+            "nfe_budget": budget,
+            "nfe": count_nfe(solver, grid),
+            "n_steps": n,
+            "n_samples": int(z.shape[0]),
+            **_errors(x, ref),
+            "sw": sliced_wasserstein(x, data[tb_name]),
+            "sw_floor": sw_floor,
+            "finite": bool(np.all(np.isfinite(x))),
+            "wall_s_incl_compile": wall,
+        }
+        records.append(rec)
+        if progress:
+            progress.advance(task)
+    return records
+
+
+# --- reports ---------------------------------------------------------------------------------
+def markdown_table(records: list[dict], metric: str = "rmse") -> str:
+    """One table per testbed: rows solver/grid, columns NFE budget, best per column in bold."""
+    out = []
+    for tb in dict.fromkeys(r["testbed"] for r in records):
+        rs = [r for r in records if r["testbed"] == tb]
+        budgets = sorted({r["nfe_budget"] for r in rs})
+        rows = list(dict.fromkeys((r["solver"], r["grid"]) for r in rs))
+        cell = {(r["solver"], r["grid"], r["nfe_budget"]): r for r in rs}
+        best = {}
+        for b in budgets:
+            cands = [cell[k + (b,)][metric] for k in rows if k + (b,) in cell
+                     and not cell[k + (b,)]["stochastic"]]
+            best[b] = min(cands) if cands else None
+        out.append(f"### {tb} ({rs[0]['dim']}-D), {metric} vs reference ODE solve; "
+                   f"schedule {rs[0]['schedule']}, final {rs[0]['final']}\n")
+        out.append("| solver | grid | " + " | ".join(f"NFE {b}" for b in budgets) + " |")
+        out.append("|---|---|" + "---|" * len(budgets))
+        for s, g in rows:
+            cells = []
+            for b in budgets:
+                r = cell.get((s, g, b))
+                if r is None:
+                    cells.append("")
+                    continue
+                txt = f"{r[metric]:.2e}" + ("" if r["nfe"] == b else f" ({r['nfe']})")
+                if best[b] is not None and r[metric] == best[b] and not r["stochastic"]:
+                    txt = f"**{txt}**"
+                cells.append(txt)
+            label = s + (" (stochastic)" if cell[(s, g, budgets[0])]["stochastic"] else "") \
+                if (s, g, budgets[0]) in cell else s
+            out.append(f"| {label} | {g} | " + " | ".join(cells) + " |")
+        out.append("")
+    out.append("Bold: lowest error among deterministic solvers at that NFE budget. A number in "
+               "parentheses is the NFE actually used when the solver cannot hit the budget exactly. "
+               "Stochastic solvers follow other trajectories; compare them by `sw` in the JSON.")
+    return "\n".join(out) + "\n"
+
+
+def plot(records: list[dict], path: str, metric: str = "rmse") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tbs = list(dict.fromkeys(r["testbed"] for r in records))
+    fig, axes = plt.subplots(1, len(tbs), figsize=(5.5 * len(tbs), 4.2), squeeze=False)
+    for ax, tb in zip(axes[0], tbs):
+        rs = [r for r in records if r["testbed"] == tb]
+        for s, g in dict.fromkeys((r["solver"], r["grid"]) for r in rs):
+            pts = sorted((r["nfe"], r[metric]) for r in rs if r["solver"] == s and r["grid"] == g)
+            style = "--" if any(r["stochastic"] for r in rs if r["solver"] == s) else "-"
+            ax.loglog(*zip(*pts), style, marker="o", ms=3, label=f"{s} / {g}")
+        ax.set_title(f"{tb} ({rs[0]['dim']}-D)")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(f"{metric} vs reference ODE solve")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(records: list[dict], out_dir: str, command: str) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {
+        "json": os.path.join(out_dir, "step_counts.json"),
+        "md": os.path.join(out_dir, "step_counts.md"),
+        "png": os.path.join(out_dir, "step_counts.png"),
+    }
+    with open(paths["json"], "w") as f:
+        json.dump(records, f, indent=1)
+    with open(paths["md"], "w") as f:
+        f.write(f"# Step counts\n\nCommand: `{command}`\n\n")
+        f.write(markdown_table(records))
+    plot(records, paths["png"])
+    return paths
