@@ -14,7 +14,9 @@ the largest.
 Kinds (constructors below):
 
 * :func:`vp_discrete`: DDPM beta table (linear 1e-4..0.02 over 1000 steps by default). Its
-  ``alphas_cumprod`` is bit-identical to the float32 table of PyTorch schedulers. Continuous-time
+  ``alphas_cumprod`` is bit-identical to the float32 table of PyTorch schedulers on x86-64 CPUs
+  with AVX2/AVX512 dispatch (checked against torch 2.13.0; see :func:`_torch_linspace_f32`; the
+  ``ATEN_CPU_CAPABILITY=default`` path differs by one ulp in some betas). Continuous-time
   access interpolates ``log alpha`` piecewise linearly with knots at ``t_n = (n + 1) / N`` (the
   official DPM-Solver convention, Lu et al. 2022, ``NoiseScheduleVP('discrete')``) plus a knot
   ``(0, 0)`` for the clean end point. Table index ``n`` is time ``(n + 1) / N``.

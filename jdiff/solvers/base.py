@@ -29,21 +29,23 @@ class GridCoeffs(NamedTuple):
     alpha: jnp.ndarray
     sigma: jnp.ndarray
     sigma_hat: jnp.ndarray  # sigma / alpha = exp(-log_snr)
+    lam: jnp.ndarray  # log_snr = log alpha - log sigma (+inf at t = 0)
 
 
 def grid_coeffs(schedule, grid, dtype) -> GridCoeffs:
-    """Evaluate the schedule on the grid; t = 0 maps to (alpha, sigma) = (1, 0) exactly."""
+    """Evaluate the schedule on the grid; t = 0 maps to (alpha, sigma, lam) = (1, 0, +inf)."""
     t = jnp.asarray(grid)
-    alpha = schedule.alpha(t)
-    sigma = schedule.sigma(t)
     zero = t == 0
-    alpha = jnp.where(zero, 1.0, alpha)
-    sigma = jnp.where(zero, 0.0, sigma)
+    safe_t = jnp.where(zero, 1.0, t)
+    alpha = jnp.where(zero, 1.0, schedule.alpha(safe_t))
+    sigma = jnp.where(zero, 0.0, schedule.sigma(safe_t))
+    lam = jnp.where(zero, jnp.inf, schedule.log_snr(safe_t))
     return GridCoeffs(
         t=t.astype(dtype),
         alpha=alpha.astype(dtype),
         sigma=sigma.astype(dtype),
         sigma_hat=(sigma / alpha).astype(dtype),
+        lam=lam.astype(dtype),
     )
 
 
