@@ -18,7 +18,9 @@ Spacings of the continuous grids (Lu et al. 2022, Karras et al. 2022):
 * ``karras``: uniform in ``sigma_hat ** (1 / rho)``, rho = 7 (EDM).
 
 Spacings of PyTorch's discrete schedulers (need a :class:`~jdiff.schedules.VPDiscrete`
-schedule, ``final="zero"``), reproducing diffusers' ``timestep_spacing`` exactly:
+schedule), reproducing diffusers' ``timestep_spacing`` exactly. They give ``n_steps`` timesteps
+and then the final time: 0 for ``final="zero"`` (diffusers ``final_sigmas_type="zero"``) or t_min
+= timestep 0 for ``final="t_min"`` (diffusers ``"sigma_min"``):
 
 * ``linspace``: ``round(linspace(0, N - 1, n))`` reversed.
 * ``leading``: ``arange(n) * (N // n)`` reversed (+ ``steps_offset``).
@@ -122,13 +124,16 @@ def make_grid(
                 f"grid {name!r} is a discrete-timestep spacing and needs a vp_discrete schedule, "
                 f"not {schedule.name!r}; use one of {', '.join(CONTINUOUS_GRIDS)}"
             )
-        if final != "zero":
-            raise ValueError(f"grid {name!r} ends on data as PyTorch schedulers do; use final='zero'")
         N = schedule.num_train_timesteps
         if n_steps > N:
             raise ValueError(f"grid {name!r} has at most {N} steps, asked for {n_steps}")
         ts = discrete_timesteps(N, n_steps, name)
-        return np.concatenate([(ts + 1.0) / N, [0.0]])
+        if final == "t_min" and ts[-1] == 0:
+            raise ValueError(
+                f"grid {name!r} with {n_steps} steps already ends at t_min (timestep 0); ending "
+                "there again would add a zero-length step (diffusers PR 6477): use final='zero'"
+            )
+        return np.concatenate([(ts + 1.0) / N, [0.0 if final == "zero" else 1.0 / N]])
 
     if final == "zero":
         pts = _continuous_points(schedule, name, n_steps, t_max, t_min, rho)

@@ -27,11 +27,19 @@ from .prediction import check_prediction, to_x0_eps
 from .solvers.base import Solver, grid_coeffs
 
 
-def make_denoise(model_fn, prediction: str):
-    """``denoise(x, t, alpha, sigma) -> (x0, eps)`` from a model function of type ``prediction``."""
+def make_denoise(model_fn, prediction: str, correct_x0=None):
+    """``denoise(x, t, alpha, sigma) -> (x0, eps)`` from a model function of type ``prediction``.
+
+    ``correct_x0`` (e.g. :func:`jdiff.thresholding.dynamic_thresholding`) maps the data prediction
+    before use; eps is then recomputed as ``(x - alpha x0) / sigma`` so both stay consistent.
+    """
 
     def denoise(x, t, alpha, sigma):
-        return to_x0_eps(model_fn(x, t), x, alpha, sigma, prediction)
+        x0, eps = to_x0_eps(model_fn(x, t), x, alpha, sigma, prediction)
+        if correct_x0 is not None:
+            x0 = correct_x0(x0)
+            eps = (x - alpha * x0) / sigma
+        return x0, eps
 
     return denoise
 
@@ -39,13 +47,13 @@ def make_denoise(model_fn, prediction: str):
 @partial(
     jax.jit,
     static_argnames=("static_model", "solver", "prediction", "final_zero", "denoise_to_zero",
-                     "track_finite"),
+                     "track_finite", "correct_x0"),
 )
 def _sample(dyn_model, schedule, grid, x_T, key, *, static_model, solver, prediction, final_zero,
-            denoise_to_zero, track_finite):
+            denoise_to_zero, track_finite, correct_x0):
     model_fn = static_model if static_model is not None else dyn_model
     g = grid_coeffs(schedule, grid, x_T.dtype)
-    denoise = make_denoise(model_fn, prediction)
+    denoise = make_denoise(model_fn, prediction, correct_x0)
     n = grid.shape[0] - 1
 
     def body(state, i):
@@ -81,6 +89,7 @@ def sample(
     final_zero: bool | None = None,
     denoise_to_zero: bool = False,
     check_finite: bool = False,
+    correct_x0=None,
 ):
     """Run ``solver`` from ``x_T`` at ``grid[0]`` down to ``grid[-1]`` as one jitted program.
 
@@ -96,6 +105,8 @@ def sample(
       denoise_to_zero: finish with one more model call returning its x0 prediction (+1 NFE).
       check_finite: after sampling, raise ``ValueError`` naming the first step that produced a
         non-finite value (needs concrete inputs; not for use inside ``jax.jit``).
+      correct_x0: optional ``x0 -> x0`` map applied to every data prediction (static; e.g.
+        :func:`jdiff.thresholding.dynamic_thresholding`), DPM-Solver's ``correcting_x0_fn``.
 
     Returns:
       The final sample, same shape and dtype as ``x_T``.
@@ -139,6 +150,7 @@ def sample(
         final_zero=bool(final_zero),
         denoise_to_zero=bool(denoise_to_zero),
         track_finite=bool(check_finite),
+        correct_x0=correct_x0,
     )
     if check_finite:
         ok = np.asarray(flags)

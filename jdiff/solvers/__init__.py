@@ -1,13 +1,17 @@
 """Samplers. Every solver is a :class:`~jdiff.solvers.base.Solver` usable with :func:`jdiff.sample`.
 
 Canonical names (used by the CLI and :func:`get_solver`): ``ddpm, ddim, euler, euler_ancestral,
-heun``.
+heun``, DPM-Solver (noise form) ``dpm_solver_1/2/3`` (multistep) and ``dpm_solver_1/2/3_single``,
+DPM-Solver++ ``dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, dpmpp_2s, dpmpp_2m_sde, dpmpp_3m_sde``.
 """
 
 from __future__ import annotations
 
 from .base import GridCoeffs, Solver, State, grid_coeffs
 from .first_order import ddim, ddpm, euler, euler_ancestral
+from .dpm_solver import (dpm_solver, dpm_solver_multistep, dpmpp_2m, dpmpp_2m_heun, dpmpp_2m_sde,
+                         dpmpp_3m, dpmpp_3m_sde)
+from .dpm_solver_single import dpm_solver_singlestep, dpmpp_2s
 from .heun import heun
 
 SOLVERS = {
@@ -16,6 +20,18 @@ SOLVERS = {
     "euler": euler,
     "euler_ancestral": euler_ancestral,
     "heun": heun,
+    "dpm_solver_1": lambda: dpm_solver(1),
+    "dpm_solver_2": lambda: dpm_solver(2),
+    "dpm_solver_3": lambda: dpm_solver(3),
+    "dpm_solver_1_single": lambda: dpm_solver_singlestep(1, name="dpm_solver_1_single"),
+    "dpm_solver_2_single": lambda: dpm_solver_singlestep(2, name="dpm_solver_2_single"),
+    "dpm_solver_3_single": lambda: dpm_solver_singlestep(3, name="dpm_solver_3_single"),
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_2m_heun": dpmpp_2m_heun,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2s": dpmpp_2s,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "dpmpp_3m_sde": dpmpp_3m_sde,
 }
 
 
@@ -38,4 +54,6 @@ def steps_for_nfe(solver: Solver, nfe: int, final_zero: bool = True) -> int:
 
 
 __all__ = ["Solver", "State", "GridCoeffs", "grid_coeffs", "SOLVERS", "get_solver", "steps_for_nfe",
-           "ddim", "ddpm", "euler", "euler_ancestral", "heun"]
+           "ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_solver", "dpm_solver_multistep",
+           "dpm_solver_singlestep", "dpmpp_2m", "dpmpp_2m_heun", "dpmpp_3m", "dpmpp_2s",
+           "dpmpp_2m_sde", "dpmpp_3m_sde"]

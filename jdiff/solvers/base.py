@@ -23,13 +23,14 @@ import jax.numpy as jnp
 
 
 class GridCoeffs(NamedTuple):
-    """Per-grid-point schedule values, all of shape (n_steps + 1,)."""
+    """Per-grid-point schedule values, all of shape (n_steps + 1,), and the schedule itself."""
 
     t: jnp.ndarray
     alpha: jnp.ndarray
     sigma: jnp.ndarray
     sigma_hat: jnp.ndarray  # sigma / alpha = exp(-log_snr)
     lam: jnp.ndarray  # log_snr = log alpha - log sigma (+inf at t = 0)
+    schedule: Any = None  # the schedule, for solvers that evaluate off-grid times (2S, ...)
 
 
 def grid_coeffs(schedule, grid, dtype) -> GridCoeffs:
@@ -46,6 +47,7 @@ def grid_coeffs(schedule, grid, dtype) -> GridCoeffs:
         sigma=sigma.astype(dtype),
         sigma_hat=(sigma / alpha).astype(dtype),
         lam=lam.astype(dtype),
+        schedule=schedule,
     )
 
 
