@@ -25,6 +25,9 @@ and then the final time: 0 for ``final="zero"`` (diffusers ``final_sigmas_type="
 * ``linspace``: ``round(linspace(0, N - 1, n))`` reversed.
 * ``leading``: ``arange(n) * (N // n)`` reversed (+ ``steps_offset``).
 * ``trailing``: ``round(arange(N, 0, -N / n)) - 1``.
+* ``linspace_dpm``: ``round(linspace(0, N - 1, n + 1))`` reversed without its last entry: the
+  ``linspace`` of diffusers' DPM-Solver (multistep and singlestep), UniPC and DEIS schedulers,
+  which differs from DDIM's.
 
 The time before each grid point is read from the array; it is never derived as ``t - N // n``
 (diffusers' DDIM does that and leaves the ``linspace`` grid; diffusers issues 9261, 14357).
@@ -41,7 +44,7 @@ import numpy as np
 from .schedules import VPDiscrete
 
 CONTINUOUS_GRIDS = ("uniform_t", "logsnr", "quadratic", "karras")
-DISCRETE_GRIDS = ("linspace", "leading", "trailing")
+DISCRETE_GRIDS = ("linspace", "leading", "trailing", "linspace_dpm")
 GRIDS = CONTINUOUS_GRIDS + DISCRETE_GRIDS
 FINALS = ("zero", "t_min")
 
@@ -82,6 +85,8 @@ def discrete_timesteps(num_train_timesteps: int, n: int, spacing: str, steps_off
         ts = (np.arange(0, n) * (N // n)).round()[::-1] + steps_offset
     elif spacing == "trailing":
         ts = np.round(np.arange(N, 0, -N / n)) - 1
+    elif spacing == "linspace_dpm":
+        ts = np.linspace(0, N - 1, n + 1).round()[::-1][:-1]
     else:
         raise ValueError(f"unknown discrete spacing {spacing!r}; valid: {', '.join(DISCRETE_GRIDS)}")
     return ts.astype(np.int64)

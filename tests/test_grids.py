@@ -66,3 +66,12 @@ def test_grid_errors(vp):
         grids.make_grid(vp, "logsnr", 3, final="end")
     with pytest.raises(ValueError, match="strictly decreasing"):
         grids.check_grid([1.0, 0.5, 0.7])
+
+
+def test_dpm_linspace_spacing(vp):
+    """diffusers' DPM-Solver / UniPC / DEIS ``linspace`` is round(linspace(0, N-1, n+1)) without 0."""
+    np.testing.assert_array_equal(grids.discrete_timesteps(1000, 5, "linspace_dpm"), [999, 799, 599, 400, 200])
+    np.testing.assert_array_equal(grids.discrete_timesteps(1000, 7, "linspace_dpm"),
+                                  [999, 856, 714, 571, 428, 285, 143])
+    g = grids.make_grid(vp, "linspace_dpm", 5, "t_min")
+    np.testing.assert_allclose(g, [1.0, 0.8, 0.6, 0.401, 0.201, 0.001])

@@ -2,7 +2,8 @@
 
 Canonical names (used by the CLI and :func:`get_solver`): ``ddpm, ddim, euler, euler_ancestral,
 heun``, DPM-Solver (noise form) ``dpm_solver_1/2/3`` (multistep) and ``dpm_solver_1/2/3_single``,
-DPM-Solver++ ``dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, dpmpp_2s, dpmpp_2m_sde, dpmpp_3m_sde``.
+DPM-Solver++ ``dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, dpmpp_2s, dpmpp_2m_sde, dpmpp_3m_sde``, UniPC
+``unipc_bh1, unipc_bh2`` (UniC after any one-call predictor: :func:`unic`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .dpm_solver import (dpm_solver, dpm_solver_multistep, dpmpp_2m, dpmpp_2m_he
                          dpmpp_3m, dpmpp_3m_sde)
 from .dpm_solver_single import dpm_solver_singlestep, dpmpp_2s
 from .heun import heun
+from .unipc import UNIPC_SOLVERS, unic, unipc
 
 SOLVERS = {
     "ddpm": ddpm,
@@ -32,6 +34,7 @@ SOLVERS = {
     "dpmpp_2s": dpmpp_2s,
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "dpmpp_3m_sde": dpmpp_3m_sde,
+    **UNIPC_SOLVERS,
 }
 
 
@@ -56,4 +59,4 @@ def steps_for_nfe(solver: Solver, nfe: int, final_zero: bool = True) -> int:
 __all__ = ["Solver", "State", "GridCoeffs", "grid_coeffs", "SOLVERS", "get_solver", "steps_for_nfe",
            "ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_solver", "dpm_solver_multistep",
            "dpm_solver_singlestep", "dpmpp_2m", "dpmpp_2m_heun", "dpmpp_3m", "dpmpp_2s",
-           "dpmpp_2m_sde", "dpmpp_3m_sde"]
+           "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "unic"]

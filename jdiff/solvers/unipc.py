@@ -1,0 +1,419 @@
+"""UniPC: the unified predictor-corrector multistep sampler (Zhao et al. 2023, NeurIPS).
+
+Sources: the paper (arXiv 2302.04867, Algorithms 1-3 and Sec. 3.2 "B(h)"), the official
+implementation ``uni_pc.py`` (wl-zhao/UniPC, ``multistep_uni_pc_bh_update`` and ``sample``), and
+diffusers' ``UniPCMultistepScheduler`` (``multistep_uni_p_bh_update``,
+``multistep_uni_c_bh_update``, ``step``). The update formulas below are those of the official code
+and of diffusers, operation for operation (see ``tests/test_unipc.py`` for the parity check).
+
+Notation
+--------
+``lambda = log(alpha / sigma)`` (log-SNR, ``grid.lam``). One step goes from ``s0 = t_i`` to
+``t = t_{i+1}`` with ``h = lambda_t - lambda_s0 > 0``. ``m_j`` is the model output at ``t_j`` in
+the chosen form: the data prediction ``x0`` (``predict_x0=True``, the default of diffusers and of
+the official code, "UniPC with data prediction") or the noise ``eps`` (``predict_x0=False``).
+With ``hh = -h`` (data form) or ``hh = h`` (noise form)::
+
+    h phi_1   = expm1(hh)
+    B(h)      = hh                 (variant "bh1")
+              = expm1(hh)          (variant "bh2")
+    r_k       = (lambda_{s0-k} - lambda_s0) / h,      D_k = (m_{s0-k} - m_{s0}) / r_k
+    phi-terms : g_1 = h phi_1 / hh - 1,  g_{k+1} = g_k / hh - 1 / (k+1)!
+    b_k       = g_k k! / B(h),  k = 1..p
+
+Base (first-order, DDIM / DPM-Solver(++)-1) update, data form / noise form::
+
+    x_t^base = (sigma_t / sigma_s0) x_s0 - alpha_t h phi_1 m_s0          (data)
+    x_t^base = (alpha_t / alpha_s0) x_s0 - sigma_t h phi_1 m_s0          (noise)
+
+**UniP-p** (predictor, order p, uses m_s0 and the p - 1 previous outputs)::
+
+    x_t = x_t^base - c_t B(h) sum_{k=1}^{p-1} rho^p_k D_k          c_t = alpha_t (data), sigma_t (noise)
+    rho^p = [1/2] for p = 2;  R_{p-1} rho^p = b_{1..p-1} for p >= 3,  (R_q)_{jk} = r_k^{j}, j = 0..q-1
+
+**UniC-p** (corrector; re-uses the model output ``m_t`` evaluated at the *predicted* ``x_t``)::
+
+    x_t^c = x_t^base - c_t B(h) (sum_{k=1}^{p-1} rho^c_k D_k + rho^c_p (m_t - m_s0))
+    rho^c = [1/2] for p = 1;  R_p rho^c = b_{1..p} with r_p = 1 for p >= 2
+
+Here ``x_s0`` is the *corrected* sample at ``s0``, and the model output that enters the history
+is always the one at the *uncorrected* point: the corrector costs no model call. The corrected
+``x^c_{t_i}`` is computed at step i, right after the model call at ``x_{t_i}``, and the next
+predictor starts from it (diffusers' ``step``: correct ``last_sample``, then predict).
+
+B(h) cancels from every order whose rho is solved from the linear system (``B(h) rho`` is then
+independent of B(h)); bh1 and bh2 differ only through the fixed ``rho = 1/2`` of UniP-2 and UniC-1,
+i.e. in every step of UniPC-2 but only in the warm-up / ``lower_order_final`` steps of UniPC-3.
+
+Schedule of orders (diffusers' ``step``; the official ``sample`` is the same except that its
+warm-up ignores ``lower_order_final``): step ``i = 0..n-1`` uses the predictor order
+
+    p_i = min(order, i + 1 [warm-up], n - i [if lower_order_final])
+
+and the corrector applied at step i (to the point produced by step i - 1) has order ``p_{i-1}``;
+there is no corrector at step 0, and none after the last step (that would cost one more model
+call), so the final sample is the predictor's output. NFE = number of steps.
+
+``lower_order_final``: diffusers' ``UniPCMultistepScheduler`` and the official code lower the order
+on the last steps for *every* step count (``min(order, n - i)``); the diffusers docstring says
+"only valid for < 15 inference steps", but only ``DPMSolverMultistepScheduler`` implements that
+test. ``lower_order_final_below=N`` applies it only when ``n < N`` (15: the DPM-Solver rule);
+``None`` (default) always applies it, as UniPC in diffusers and the official code do.
+
+Final step to sigma = 0 (``to_zero``): ``h = +inf`` and the formula degenerates. Its limit is
+first order: in the data form ``x_0 = m_{s0}`` (the data prediction at the uncorrected
+``x_{t_{n-1}}``; the corrected point gets weight ``sigma_t / sigma_s0 = 0``); in the noise form
+``x_0 = (x^c_{s0} - sigma_s0 eps_s0) / alpha_s0``. This is what diffusers computes with
+``final_sigmas_type="zero"`` for ``bh2`` in the data form (``lower_order_final`` forces order 1
+there). diffusers returns NaN for ``bh1`` (``B(h) = -inf`` times a residual of ``0``), for the
+noise form (``0 * inf``), and for any order > 1 at that step (``r_k = 0``); jdiff returns the limit.
+
+Nominal order (``Solver.order``): UniC-p raises UniP-p from order p to p + 1, but the multistep
+warm-up starts with a first-order predictor step, whose corrected local error is O(h^3); so the
+global order is ``min(order + 1, 3)`` with the corrector and ``min(order, 2)`` without. With
+``lower_order_final`` the last step is an uncorrected first-order step (local error O(h^2)), which
+caps the observed order at 2 on grids ending at ``t_min``; on grids ending at 0 the final
+denoising step has an error that does not shrink with n at all (as for every solver here).
+
+UniC after any predictor: :func:`unic` (diffusers' ``solver_p``), see its docstring.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .base import Solver, one_nfe_per_step
+
+VARIANTS = ("bh1", "bh2")
+DEFAULT_ORDER = 2  # diffusers' UniPCMultistepScheduler default ``solver_order``
+
+
+class UniPCState(NamedTuple):
+    """State of :func:`unipc` before step i.
+
+    x: predictor output at t_i (uncorrected); x_prev: corrected sample at t_{i-1} (x_T at i = 0);
+    hist: (order, *x.shape) model outputs m_{i-1}, m_{i-2}, ..., m_{i-order} (zeros before t_0).
+    """
+
+    x: jnp.ndarray
+    key: Any
+    x_prev: jnp.ndarray
+    hist: jnp.ndarray
+
+
+class UniCState(NamedTuple):
+    """State of :func:`unic`: as :class:`UniPCState` plus the predictor's own state."""
+
+    x: jnp.ndarray
+    key: Any
+    x_prev: jnp.ndarray
+    hist: jnp.ndarray
+    inner: Any
+
+
+# ---- coefficients (scalars, cheap) ---------------------------------------------------------
+
+
+def _b_terms(h, kmax: int, variant: str, predict_x0: bool):
+    """``h phi_1``, ``B(h)`` and ``b_1..b_kmax`` exactly as diffusers/official code compute them."""
+    hh = -h if predict_x0 else h
+    h_phi_1 = jnp.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    B_h = hh if variant == "bh1" else jnp.expm1(hh)
+    b, fact = [], 1
+    for k in range(1, kmax + 1):
+        b.append(h_phi_k * fact / B_h)
+        fact *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / fact
+    return h_phi_1, B_h, b
+
+
+def _vandermonde(r):
+    """``R[j, k] = r[k] ** j`` (j, k = 0..len(r)-1) from a list of scalars."""
+    q = len(r)
+    return jnp.stack([jnp.stack([rk**j for rk in r]) for j in range(q)])
+
+
+def _pad(v, size, dtype):
+    v = jnp.asarray(v, dtype).reshape(-1)
+    return jnp.concatenate([v, jnp.zeros((size - v.shape[0],), dtype)]) if v.shape[0] < size else v
+
+
+def _rho_predictor(r, b, k: int, kmax: int, dtype):
+    """rho^p of UniP-k, padded to kmax - 1 entries."""
+    size = max(kmax - 1, 1)
+    if k == 1:
+        return jnp.zeros((size,), dtype)
+    if k == 2:
+        return _pad(jnp.array([0.5], dtype), size, dtype)
+    R = _vandermonde(r[: k - 1])
+    return _pad(jnp.linalg.solve(R, jnp.stack(b[: k - 1])), size, dtype)
+
+
+def _rho_corrector(r, b, k: int, kmax: int, dtype):
+    """(rho^c_1..rho^c_{k-1} padded to kmax - 1, rho^c_k) of UniC-k."""
+    size = max(kmax - 1, 1)
+    if k == 1:
+        return jnp.zeros((size,), dtype), jnp.asarray(0.5, dtype)
+    one = jnp.ones((), dtype)
+    R = _vandermonde(list(r[: k - 1]) + [one])
+    sol = jnp.linalg.solve(R, jnp.stack(b[:k]))
+    return _pad(sol[:-1], size, dtype), sol[-1]
+
+
+def _bh_update(x, m0, ms, m_t, grid, s0, t, order, kmax: int, variant: str, predict_x0: bool):
+    """One UniP (``m_t is None``) or UniC step from grid index ``s0`` to ``t``.
+
+    ``x``: sample at s0 (the corrected one); ``m0``: model output at s0; ``ms``: array
+    (>= kmax - 1, *x.shape) with the outputs at s0 - 1, s0 - 2, ...; ``order``: traced or static
+    int in 1..kmax selecting the candidate coefficients (no lax.cond: every candidate's
+    coefficients are a handful of scalars, the tensor update is done once).
+    """
+    dtype = x.dtype
+    lam_s0, lam_t = grid.lam[s0], grid.lam[t]
+    h = lam_t - lam_s0
+    # r_k and D_k for k = 1..kmax-1; points before t_0 get a harmless r = -k (never selected).
+    r = []
+    for k in range(1, kmax):
+        idx = s0 - k
+        rk = (grid.lam[jnp.maximum(idx, 0)] - lam_s0) / h
+        r.append(jnp.where(idx >= 0, rk, jnp.asarray(-float(k), dtype)))
+    h_phi_1, B_h, b = _b_terms(h, kmax, variant, predict_x0)
+
+    if m_t is None:
+        cands = [_rho_predictor(r, b, k, kmax, dtype) for k in range(1, kmax + 1)]
+        rho = jnp.stack(cands)[order - 1]
+        rho_t = None
+    else:
+        cands = [_rho_corrector(r, b, k, kmax, dtype) for k in range(1, kmax + 1)]
+        rho = jnp.stack([c[0] for c in cands])[order - 1]
+        rho_t = jnp.stack([c[1] for c in cands])[order - 1]
+
+    res = jnp.zeros_like(x)
+    for k in range(1, kmax):
+        res = res + rho[k - 1] * ((ms[k - 1] - m0) / r[k - 1])
+    if rho_t is not None:
+        res = res + rho_t * (m_t - m0)
+
+    if predict_x0:
+        c_x, c_t = grid.sigma[t] / grid.sigma[s0], grid.alpha[t]
+    else:
+        c_x, c_t = grid.alpha[t] / grid.alpha[s0], grid.sigma[t]
+    x_base = c_x * x - c_t * h_phi_1 * m0
+    return x_base - c_t * B_h * res
+
+
+def _order_at(i, n: int, order: int, lof: bool):
+    """Predictor order of step i: min(order, i + 1, n - i if lower_order_final)."""
+    o = jnp.minimum(order, i + 1)
+    if lof:
+        o = jnp.minimum(o, n - i)
+    return o
+
+
+def _select(cond, a, b):
+    """``a if cond else b`` for a Python bool (final step) or a traced one (scan steps)."""
+    if isinstance(cond, bool):
+        return a if cond else b
+    return jnp.where(cond, a, b)
+
+
+def _check(order, variant, lower_order_final_below):
+    if not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be a positive integer, got {order!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown UniPC variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if lower_order_final_below is not None and (
+        not isinstance(lower_order_final_below, int) or lower_order_final_below < 1
+    ):
+        raise ValueError(f"lower_order_final_below must be None or a positive integer, "
+                         f"got {lower_order_final_below!r}")
+
+
+def _corrected(state, m_t, grid, i, n, order, lof, variant, predict_x0):
+    """UniC at step i: correct x_{t_i} (from x^c_{t_{i-1}}) with the new output m_t; x if i = 0."""
+    s0 = jnp.maximum(i - 1, 0)  # at i = 0: a finite dummy step (0 -> 1), discarded below
+    c_order = jnp.maximum(_order_at(i - 1, n, order, lof), 1)
+    xc = _bh_update(state.x_prev, state.hist[0], state.hist[1:], m_t, grid, s0, s0 + 1, c_order,
+                    order, variant, predict_x0)
+    return _select(i > 0, xc, state.x)
+
+
+def _init(order):
+    def init(x_T, grid, key):  # noqa: ARG001
+        if key is None:
+            key = jax.random.key(0)
+        hist = jnp.zeros((order,) + x_T.shape, x_T.dtype)
+        return UniPCState(x=x_T, key=key, x_prev=x_T, hist=hist)
+
+    return init
+
+
+def unipc(
+    order: int = DEFAULT_ORDER,
+    variant: str = "bh2",
+    corrector: bool = True,
+    lower_order_final: bool = True,
+    predict_x0: bool = True,
+    lower_order_final_below: int | None = None,
+    name: str | None = None,
+) -> Solver:
+    """UniPC-p (``order`` = p, the predictor order; diffusers' ``solver_order``, default 2).
+
+    Args:
+      order: UniP order p >= 1 (1..3 are tested; higher orders use the same formulas).
+      variant: ``"bh1"`` (B(h) = h) or ``"bh2"`` (B(h) = e^h - 1), diffusers' ``solver_type``.
+      corrector: apply UniC (free: it reuses the next model evaluation). False gives UniP alone.
+      lower_order_final: lower the order on the last steps (``p_i <= n - i``).
+      predict_x0: data-prediction form (default, as diffusers) or noise-prediction form.
+      lower_order_final_below: only lower the final orders when n < this (None: always).
+      name: override the solver name (default ``unipc_<variant>`` plus suffixes ``_o<order>``,
+        ``_noc``, ``_nolof``, ``_eps``, ``_lof<N>`` for non-default settings).
+    """
+    _check(order, variant, lower_order_final_below)
+    if name is None:
+        name = f"unipc_{variant}"
+        if order != DEFAULT_ORDER:
+            name += f"_o{order}"
+        if not corrector:
+            name += "_noc"
+        if not lower_order_final:
+            name += "_nolof"
+        elif lower_order_final_below is not None:
+            name += f"_lof{lower_order_final_below}"
+        if not predict_x0:
+            name += "_eps"
+
+    def step(denoise, state, grid, i, to_zero=False):
+        n = grid.t.shape[0] - 1
+        lof = lower_order_final and (lower_order_final_below is None or n < lower_order_final_below)
+        x0, eps = denoise(state.x, grid.t[i], grid.alpha[i], grid.sigma[i])
+        m = x0 if predict_x0 else eps
+        if to_zero and predict_x0:
+            return state._replace(x=x0)
+        xc = _corrected(state, m, grid, i, n, order, lof, variant, predict_x0) if corrector else state.x
+        if to_zero:  # noise form: limit h -> inf of the first-order update
+            return state._replace(x=(xc - grid.sigma[i] * eps) / grid.alpha[i])
+        hist = jnp.concatenate([m[None], state.hist[:-1]], axis=0)
+        p = _order_at(i, n, order, lof)
+        x_next = _bh_update(xc, m, hist[1:], None, grid, i, i + 1, p, order, variant, predict_x0)
+        return UniPCState(x=x_next, key=state.key, x_prev=xc, hist=hist)
+
+    if corrector:
+        nominal = min(order + 1, 3)
+    else:
+        nominal = min(order, 2)
+    return Solver(name=name, init=_init(order), step=step, nfe=one_nfe_per_step, order=nominal)
+
+
+def unic(
+    predictor: Solver,
+    order: int = DEFAULT_ORDER,
+    variant: str = "bh2",
+    lower_order_final: bool = True,
+    predict_x0: bool = True,
+    reuse: str | None = None,
+    lower_order_final_below: int | None = None,
+    name: str | None = None,
+) -> Solver:
+    """``predictor`` followed by UniC-``order`` (diffusers' ``UniPCMultistepScheduler(solver_p=...)``).
+
+    ``order`` defaults to 2, diffusers' ``solver_order`` default (which sets the UniC order when a
+    ``solver_p`` is given).
+
+    Semantics, step i (t_i -> t_{i+1}), with one model call:
+
+    1. ``x0_i, eps_i = denoise(x_i)`` at the predictor's output ``x_i`` (uncorrected);
+       ``m_i = x0_i`` (``predict_x0``) or ``eps_i``.
+    2. UniC (same formula and order schedule as :func:`unipc`, order ``min(order, i,
+       n - i + 1 [lower_order_final])``) corrects ``x_i`` into ``x^c_i`` from ``x^c_{i-1}``,
+       ``m_{i-1}, m_{i-2}, ...`` and ``m_i`` (no correction at i = 0).
+    3. ``predictor.step`` runs from ``x^c_i`` (its state with ``x`` replaced) with a ``denoise``
+       that returns the cached evaluation instead of calling the model, re-expressed at the
+       corrected point with one prediction held fixed:
+
+       * ``reuse="x0"`` (default when ``predict_x0``): ``(x0_i, (x - alpha x0_i) / sigma)``. For
+         DDIM this makes the predictor exactly the data-form UniP-1 / DPM-Solver++(1) step, so
+         ``unic(ddim(), p) == unipc(order=1)`` when p = 1 (tested); it is the natural choice
+         for data-prediction (DDIM / DPM-Solver++-style) predictors.
+       * ``reuse="eps"`` (default when not ``predict_x0``): ``((x - sigma eps_i) / alpha, eps_i)``.
+         This is what diffusers does (it passes the raw eps ``model_output`` to
+         ``solver_p.step`` together with the corrected sample); tested against diffusers with
+         ``solver_p=DDIMScheduler``.
+
+    The predictor must be deterministic and call the model exactly once per step, at its own
+    ``state.x`` and ``grid.t[i]`` (DDIM, Euler, DPM-Solver++-style multistep solvers); its state
+    must be a NamedTuple with an ``x`` field. The final sample is the predictor's output of the last
+    step (uncorrected). NFE = number of steps. The corrector is also applied at a final step to
+    sigma = 0 (it matters there with ``reuse="eps"``).
+
+    Nominal order ``min(predictor.order, order) + 1``, capped at 3 (the warm-up) - e.g. 2 for DDIM:
+    UniC-p needs an order-p predictor to reach order p + 1.
+    """
+    _check(order, variant, lower_order_final_below)
+    if not isinstance(predictor, Solver):
+        raise ValueError(f"predictor must be a jdiff Solver, got {type(predictor).__name__}")
+    if predictor.stochastic:
+        raise ValueError(f"UniC corrects an ODE solver; {predictor.name!r} is stochastic")
+    for n_ in (1, 2, 3, 5):
+        for fz in (False, True):
+            if predictor.nfe(n_, fz) != n_:
+                raise ValueError(f"UniC needs a predictor with one model call per step; "
+                                 f"{predictor.name!r} makes {predictor.nfe(n_, fz)} in {n_} steps")
+    if reuse is None:
+        reuse = "x0" if predict_x0 else "eps"
+    if reuse not in ("x0", "eps"):
+        raise ValueError(f"reuse must be 'x0' or 'eps', got {reuse!r}")
+    if name is None:
+        name = f"{predictor.name}_unic{order}_{variant}"
+        if not lower_order_final:
+            name += "_nolof"
+        if not predict_x0:
+            name += "_eps"
+        if reuse != ("x0" if predict_x0 else "eps"):
+            name += f"_reuse{reuse}"
+
+    def init(x_T, grid, key):
+        inner = predictor.init(x_T, grid, key)
+        hist = jnp.zeros((order,) + x_T.shape, x_T.dtype)
+        return UniCState(x=x_T, key=inner.key, x_prev=x_T, hist=hist, inner=inner)
+
+    def step(denoise, state, grid, i, to_zero=False):
+        n = grid.t.shape[0] - 1
+        lof = lower_order_final and (lower_order_final_below is None or n < lower_order_final_below)
+        x0, eps = denoise(state.x, grid.t[i], grid.alpha[i], grid.sigma[i])
+        m = x0 if predict_x0 else eps
+        xc = _corrected(state, m, grid, i, n, order, lof, variant, predict_x0)
+
+        if reuse == "x0":
+            def cached(x, t, alpha, sigma):  # noqa: ARG001
+                return x0, (x - alpha * x0) / sigma
+        else:
+            def cached(x, t, alpha, sigma):  # noqa: ARG001
+                return (x - sigma * eps) / alpha, eps
+
+        inner = predictor.step(cached, state.inner._replace(x=xc), grid, i, to_zero)
+        hist = jnp.concatenate([m[None], state.hist[:-1]], axis=0)
+        return UniCState(x=inner.x, key=state.key, x_prev=xc, hist=hist, inner=inner)
+
+    nominal = min(min(predictor.order, order) + 1, 3)
+    return Solver(name=name, init=init, step=step, nfe=one_nfe_per_step, order=nominal)
+
+
+def unipc_bh1() -> Solver:
+    """UniPC-2 with B(h) = h, data prediction, corrector, lower_order_final (diffusers defaults)."""
+    return unipc(variant="bh1")
+
+
+def unipc_bh2() -> Solver:
+    """UniPC-2 with B(h) = e^h - 1 (diffusers' default ``UniPCMultistepScheduler``)."""
+    return unipc(variant="bh2")
+
+
+UNIPC_SOLVERS = {"unipc_bh1": unipc_bh1, "unipc_bh2": unipc_bh2}
+
+__all__ = ["unipc", "unic", "unipc_bh1", "unipc_bh2", "UNIPC_SOLVERS", "UniPCState", "UniCState",
+           "VARIANTS", "DEFAULT_ORDER"]
