@@ -35,7 +35,7 @@ def _cmd_bench_steps(args) -> int:
         raise ValueError(f"unknown schedule {args.schedule!r}; valid: {', '.join(SCHEDULES)}")
     cfg = bench.StepCountConfig(
         testbeds=tuple(testbeds),
-        solvers=bench.parse_list(args.solvers, tuple(SOLVERS), "solver"),
+        solvers=bench.parse_list(args.solvers, tuple(SOLVERS), "solver", default=bench.DEFAULT_SOLVERS),
         nfe=bench.parse_nfe(args.nfe),
         grids=bench.parse_list(args.grid, GRIDS, "grid"),
         schedule=args.schedule,
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="built-in name or SPEC.json; repeatable or comma list (default mix2d,mix16d)")
     st.add_argument("--noise", default=None, help="FILE.npy of standard-normal noise, shape (n, dim)")
     st.add_argument("--schedule", default="vp_discrete")
-    st.add_argument("--solvers", default="all", help="comma list or all")
+    st.add_argument("--solvers", default="default",
+                    help="comma list, all, or default (ddpm,ddim,euler,euler_ancestral,heun,dpmpp_2m,dpmpp_3m,unipc_bh2)")
     st.add_argument("--nfe", default="5,6,8,10,15,20,50", help="comma list of NFE budgets")
     st.add_argument("--grid", default="logsnr", help="grid name, comma list, or all")
     st.add_argument("--final", default="zero", choices=["zero", "t_min"])
