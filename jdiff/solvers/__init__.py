@@ -3,7 +3,8 @@
 Canonical names (used by the CLI and :func:`get_solver`): ``ddpm, ddim, euler, euler_ancestral,
 heun``, DPM-Solver (noise form) ``dpm_solver_1/2/3`` (multistep) and ``dpm_solver_1/2/3_single``,
 DPM-Solver++ ``dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, dpmpp_2s, dpmpp_2m_sde, dpmpp_3m_sde``, UniPC
-``unipc_bh1, unipc_bh2`` (UniC after any one-call predictor: :func:`unic`).
+``unipc_bh1, unipc_bh2`` (UniC after any one-call predictor: :func:`unic`), DEIS ``deis_1/2/3``
+and ``ipndm``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .first_order import ddim, ddpm, euler, euler_ancestral
 from .dpm_solver import (dpm_solver, dpm_solver_multistep, dpmpp_2m, dpmpp_2m_heun, dpmpp_2m_sde,
                          dpmpp_3m, dpmpp_3m_sde)
 from .dpm_solver_single import dpm_solver_singlestep, dpmpp_2s
+from .deis_ipndm import DEIS_IPNDM_SOLVERS
 from .heun import heun
 from .unipc import UNIPC_SOLVERS, unic, unipc
 
@@ -35,6 +37,7 @@ SOLVERS = {
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "dpmpp_3m_sde": dpmpp_3m_sde,
     **UNIPC_SOLVERS,
+    **DEIS_IPNDM_SOLVERS,
 }
 
 
