@@ -124,22 +124,33 @@ def test_third_order_multistep_steady_state_order(vp, gauss64, predict_x0):
 ALL = [n for n in solvers.SOLVERS]
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_finite_at_small_nfe_and_on_data_at_1000(vp, name):
-    """No NaN or inf at the smallest NFE budgets (where final-step bugs show) and at 1000; at
-    NFE 1000 every solver, stochastic or not, lands on the data (modes on the unit circle, std
-    0.1, so the median of | |x| - 1 | is about 0.07)."""
+def _finite_sweep(vp, name, budgets_of):
     tb = get_testbed("mix2d")
     model = tb.model_fn(vp)
     solver = solvers.get_solver(name)
     x_T = jax.random.normal(jax.random.key(0), (256, 2))
     key = jax.random.key(1)
     lo = solver.nfe(solver.min_steps, True)
-    for budget in sorted({lo, lo + 1, max(lo, 3), max(lo, 6), 1000}):
+    for budget in budgets_of(lo):
         n = solvers.steps_for_nfe(solver, budget)
         x = np.asarray(jdiff.sample(model, vp, solver, grids.make_grid(vp, "trailing", n), x_T, key=key))
         assert np.all(np.isfinite(x)), (name, budget)
+    return x
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_finite_at_smallest_nfe_and_on_data_at_1000(vp, name):
+    """No NaN or inf at the smallest NFE budgets (where final-step bugs show) and at 1000; at
+    NFE 1000 every solver, stochastic or not, lands on the data (modes on the unit circle, std
+    0.1, so the median of | |x| - 1 | is about 0.07)."""
+    x = _finite_sweep(vp, name, lambda lo: (lo, lo + 1, 1000))
     assert np.median(np.abs(np.linalg.norm(x, axis=1) - 1.0)) < 0.1, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_finite_at_every_nfe_up_to_30(vp, name):
+    _finite_sweep(vp, name, lambda lo: range(lo, 31))
 
 
 @pytest.mark.parametrize("name", ["dpm_solver_3", "dpmpp_3m", "dpmpp_2m_sde", "dpm_solver_3_single", "dpmpp_2s"])
@@ -232,18 +243,20 @@ def test_thresholding_in_sample_keeps_samples_in_range(vp):
 @pytest.mark.parametrize("schedule", list(jdiff.schedules.SCHEDULES))
 def test_higher_order_solvers_work_on_every_schedule(schedule):
     """Exponential integrators need only (alpha, sigma, log-SNR), so VP (discrete, linear,
-    cosine), VE and EDM all work: at 20 steps each higher-order solver beats DDIM."""
+    cosine), VE and EDM all work: at 20 steps each higher-order solver's median per-sample error is
+    under half of DDIM's (measured: 3-20x lower). The median, because with a few dozen samples the
+    RMS is dominated by the odd sample that a coarse solver sends to another mixture mode."""
     s = jdiff.schedules.get_schedule(schedule)
     tb = get_testbed("mix16d")
     m = tb.model_fn(s)
     g = grids.make_grid(s, "logsnr", 20)
-    z = np.random.RandomState(0).standard_normal((64, 16)).astype(np.float32)
+    z = np.random.RandomState(0).standard_normal((128, 16)).astype(np.float32)
     x_T = np.asarray(jdiff.init_noise(s, g[0], z))
     ref = jdiff.reference_solve(m, s, x_T, g[0], g[-1])
     err = {}
     for name in ("ddim", "heun", "dpm_solver_3", "dpmpp_3m", "dpmpp_2s"):
         x = np.asarray(jdiff.sample(m, s, solvers.get_solver(name), g, x_T))
-        err[name] = float(np.sqrt(np.mean((x - ref) ** 2)))
+        err[name] = float(np.median(np.linalg.norm(x - ref, axis=1)))
     for name, e in err.items():
         if name != "ddim":
-            assert e < 0.8 * err["ddim"], (schedule, err)
+            assert e < 0.5 * err["ddim"], (schedule, err)
