@@ -19,3 +19,17 @@ def gauss64():
     with jax.enable_x64(True):
         return jdiff.testbeds.from_arrays([1.0], 0.3 * rng.standard_normal((1, 8)), covs=cov[None],
                                           name="gauss8d", dtype=jax.numpy.float64)
+
+
+@pytest.fixture(scope="session")
+def gauss_problem(vp, gauss64):
+    """Float64 order-test problem: the Gaussian's exact model, 32 starting points, and the diffrax
+    reference from t_max to t_min (``refs["t_min"]``) and to 0 (``refs["zero"]``)."""
+    with jax.enable_x64(True):
+        model = gauss64.model_fn(vp)
+        x_T = jax.random.normal(jax.random.key(3), (32, 8), jax.numpy.float64)
+        refs = {}
+        for final in ("t_min", "zero"):
+            g = jdiff.grids.make_grid(vp, "logsnr", 4, final)
+            refs[final] = jdiff.reference_solve(model, vp, x_T, g[0], g[-1])
+    return model, x_T, refs

@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 import jdiff
+from helpers import order_slope
 from jdiff import grids
 from jdiff.grids import make_grid
 from jdiff.solvers.base import GridCoeffs, grid_coeffs
@@ -333,19 +334,12 @@ def test_step_orders_follow_diffusers():
 ORDER_STEPS = (16, 32, 64)  # >= 15: lower_order_final inactive, as in diffusers
 
 
-def _slope(errors, steps):
-    return np.polyfit(np.log(1.0 / np.asarray(steps)), np.log(errors), 1)[0]
+_slope = order_slope
 
 
 @pytest.fixture(scope="module")
-def order_problem(vp, gauss64):
-    with jax.enable_x64(True):
-        model = gauss64.model_fn(vp)
-        x_T = jax.random.normal(jax.random.key(3), (32, 8), jnp.float64)
-        refs = {}
-        for final in ("t_min", "zero"):
-            g = grids.make_grid(vp, "logsnr", 4, final)
-            refs[final] = jdiff.reference_solve(model, vp, x_T, g[0], g[-1])
+def order_problem(vp, gauss_problem):
+    model, x_T, refs = gauss_problem
     runs = {}
 
     def run(name, n, final):

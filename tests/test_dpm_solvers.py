@@ -13,22 +13,18 @@ from jdiff.sampling import make_denoise
 from jdiff.solvers.base import grid_coeffs
 from jdiff.solvers.dpm_solver import MultistepState, dpm_solver_multistep, phi_1, phi_2, phi_3
 from jdiff.testbeds import gaussian_ode_solution, get_testbed
+from helpers import order_slope
 
 STEPS = (12, 24, 48, 96)
 
 
-def _slope(errs, steps):
-    return np.polyfit(np.log(1.0 / np.asarray(steps)), np.log(errs), 1)[0]
+_slope = order_slope
 
 
 @pytest.fixture(scope="module")
-def problem(vp, gauss64):
-    with jax.enable_x64(True):
-        model = gauss64.model_fn(vp)
-        x_T = jax.random.normal(jax.random.key(3), (32, 8), jnp.float64)
-        g = grids.make_grid(vp, "logsnr", 4, "t_min")
-        ref = jdiff.reference_solve(model, vp, x_T, g[0], g[-1])
-    return model, x_T, ref
+def problem(gauss_problem):
+    model, x_T, refs = gauss_problem
+    return model, x_T, refs["t_min"]
 
 
 @pytest.mark.parametrize("name,nominal", [

@@ -8,26 +8,14 @@ import pytest
 import jdiff
 from jdiff import grids, solvers
 from jdiff.testbeds import gaussian_ode_solution, get_testbed
+from helpers import order_slope
 
 ORDER_STEPS = (8, 16, 32, 64)
 
 
-def _order(errors, steps):
-    """Least-squares slope of log(error) against log(step size ~ 1/N)."""
-    return np.polyfit(np.log(1.0 / np.asarray(steps)), np.log(errors), 1)[0]
-
-
 @pytest.fixture(scope="module")
-def order_problem(vp, gauss64):
-    """Float64 Gaussian problem: model, x_T and the diffrax reference at t_min and at 0."""
-    with jax.enable_x64(True):
-        model = gauss64.model_fn(vp)
-        x_T = jax.random.normal(jax.random.key(3), (32, 8), jnp.float64)
-        refs = {}
-        for final in ("t_min", "zero"):
-            g = grids.make_grid(vp, "logsnr", 4, final)
-            refs[final] = jdiff.reference_solve(model, vp, x_T, g[0], g[-1])
-    return model, x_T, refs
+def order_problem(gauss_problem):
+    return gauss_problem
 
 
 @pytest.mark.parametrize("name,nominal", [("ddim", 1), ("euler", 1), ("heun", 2)])
@@ -41,7 +29,7 @@ def test_convergence_order(vp, order_problem, name, nominal, final):
             g = grids.make_grid(vp, "logsnr", n, final)
             x = jdiff.sample(model, vp, solver, g, x_T)
             errs.append(float(np.sqrt(np.mean((np.asarray(x) - refs[final]) ** 2))))
-    order = _order(errs, ORDER_STEPS)
+    order = order_slope(errs, ORDER_STEPS)
     assert order >= nominal - 0.2, (name, final, errs, order)
     assert order <= nominal + 0.6, (name, final, errs, order)  # not accidentally "too good"
 

@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 
 import jdiff
+from helpers import order_slope
 from jdiff import grids
 from jdiff.solvers import ddim, ddpm, euler, heun
 from jdiff.solvers.base import grid_coeffs
@@ -175,20 +176,12 @@ STEPS = (16, 32, 64)
 STEPS_SLOW = (16, 32, 64, 128)
 
 
-def _order(errors, steps):
-    return np.polyfit(np.log(1.0 / np.asarray(steps)), np.log(errors), 1)[0]
+_order = order_slope
 
 
 @pytest.fixture(scope="module")
-def gauss(vp, gauss64):
-    with jax.enable_x64(True):
-        model = gauss64.model_fn(vp)
-        x_T = jax.random.normal(jax.random.key(3), (32, 8), jnp.float64)
-        refs = {}
-        for final in ("t_min", "zero"):
-            g = grids.make_grid(vp, "logsnr", 4, final)
-            refs[final] = jdiff.reference_solve(model, vp, x_T, g[0], g[-1])
-    return model, x_T, refs
+def gauss(gauss_problem):
+    return gauss_problem
 
 
 def _rms_error(gauss, vp, solver, n, final="t_min"):

@@ -1,0 +1,12 @@
+"""Small helpers shared by the test modules."""
+
+import numpy as np
+
+
+def order_slope(errors, steps):
+    """Measured convergence order: least-squares slope of log(error) against log(1 / N)."""
+    return np.polyfit(np.log(1.0 / np.asarray(steps)), np.log(errors), 1)[0]
+
+
+def rms(x, ref):
+    return float(np.sqrt(np.mean((np.asarray(x, np.float64) - np.asarray(ref, np.float64)) ** 2)))
