@@ -213,24 +213,38 @@ def markdown_table(records: list[dict], metric: str = "rmse") -> str:
 
 
 def plot(records: list[dict], path: str, metric: str = "rmse") -> None:
+    """Error against NFE, one panel per testbed; stochastic solvers dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     tbs = list(dict.fromkeys(r["testbed"] for r in records))
-    fig, axes = plt.subplots(1, len(tbs), figsize=(5.5 * len(tbs), 4.2), squeeze=False)
+    series = list(dict.fromkeys((r["solver"], r["grid"]) for r in records))
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p"
+    fig, axes = plt.subplots(1, len(tbs), figsize=(6 * len(tbs) + 2.5, 4.6), squeeze=False)
     for ax, tb in zip(axes[0], tbs):
         rs = [r for r in records if r["testbed"] == tb]
-        for s, g in dict.fromkeys((r["solver"], r["grid"]) for r in rs):
+        for k, (s, g) in enumerate(series):
             pts = sorted((r["nfe"], r[metric]) for r in rs if r["solver"] == s and r["grid"] == g)
-            style = "--" if any(r["stochastic"] for r in rs if r["solver"] == s) else "-"
-            ax.loglog(*zip(*pts), style, marker="o", ms=3, label=f"{s} / {g}")
-        ax.set_title(f"{tb} ({rs[0]['dim']}-D)")
+            if not pts:
+                continue
+            stochastic = any(r["stochastic"] for r in rs if r["solver"] == s)
+            ax.loglog(*zip(*pts), "--" if stochastic else "-", color=colors[k % 20],
+                      marker=markers[k % len(markers)], ms=3.5, lw=1.2,
+                      label=s if len({gg for _, gg in series}) == 1 else f"{s} / {g}")
+        nfes = sorted({r["nfe_budget"] for r in rs})
+        ax.set_xticks(nfes)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{tb} ({rs[0]['dim']}-D), grid {', '.join(sorted({r['grid'] for r in rs}))}, "
+                     f"final {rs[0]['final']}")
         ax.set_xlabel("NFE")
         ax.set_ylabel(f"{metric} vs reference ODE solve")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
