@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--noise", default=None, help="FILE.npy of standard-normal noise, shape (n, dim)")
     st.add_argument("--schedule", default="vp_discrete")
     st.add_argument("--solvers", default="default",
-                    help="comma list, all, or default (ddpm,ddim,euler,euler_ancestral,heun,dpmpp_2m,dpmpp_3m,unipc_bh2)")
+                    help="comma list, all, or default (ddpm,ddim,heun,dpmpp_2m,dpmpp_3m,unipc_bh2)")
     st.add_argument("--nfe", default="5,6,8,10,15,20,50", help="comma list of NFE budgets")
     st.add_argument("--grid", default="logsnr", help="grid name, comma list, or all")
     st.add_argument("--final", default="zero", choices=["zero", "t_min"])
