@@ -1,14 +1,16 @@
 """Sampler speed: one-jit ``jdiff.sample`` vs a Python-loop driver vs bare model calls.
 
-    python benchmarks/speed.py              # full run (about 3-4 min on a 2-core CPU)
-    python benchmarks/speed.py --quick      # smoke run (~30 s); prints only unless --out is given
+    python benchmarks/speed.py          # full run: all solvers, NFE 10 and 50 (~4 min, quiet CPU)
+    python benchmarks/speed.py --quick  # smoke run (~30 s): ddim/euler/heun at NFE 10; prints only
+                                        # (add --out PREFIX to write PREFIX.json / PREFIX.md)
 
 Setup: an eps-prediction MLP (:class:`jdiff.models.MLP`; default width 512, 4 hidden layers, data
-dim 64, time embedding 128: about 1.9 GFLOP per call at batch 1024, ~13 ms on one core of the
-2-core CPU this was written on), the DDPM ``vp_discrete`` schedule, a ``trailing`` grid ending at
-t = 0, batch 1024, float32. Each solver (all registered ones by default) gets, per NFE budget
-(10 and 50), the most steps whose NFE fits the budget (Heun at 10 takes 5 steps = 9 evaluations:
-its last step onto sigma = 0 skips the corrector), and the overheads use that exact NFE.
+dim 64, time embedding 128: about 1.9 GFLOP per call at batch 1024, ~8 ms on the quiet 2-vCPU
+Xeon VM this was written on, 13 ms and more when other processes share it), the DDPM
+``vp_discrete`` schedule, a ``trailing`` grid ending at t = 0, batch 1024, float32. Each solver
+(all registered ones by default) gets, per NFE budget (10 and 50), the most steps whose NFE fits
+the budget (Heun at 10 takes 5 steps = 9 evaluations: its last step onto sigma = 0 skips the
+corrector); overheads use that exact NFE.
 
 Measured side by side:
 
@@ -18,39 +20,45 @@ Measured side by side:
 (b) ``loop``: the same solver driven step by step from Python, as PyTorch schedulers run.
     Separately jitted programs, called from Python at every step:
       * ``model = jax.jit(model.apply)(params, x, t)``: only the network;
-      * Heun only (k = 2 evaluations per step): ``stage(eps_1, state, grid, i)`` returning the
-        (x, t) of the corrector evaluation (the Euler predictor);
+      * for solvers with k > 1 evaluations per step (Heun, single-step DPM-Solver, ...): a
+        ``stage(eps_1..eps_j, state, grid, i)`` program per extra evaluation j returning its
+        (x, t) (e.g. Heun's Euler predictor);
       * ``step(eps_1..eps_k, state, grid, i)``: the prediction conversion (``to_x0_eps``) and the
         solver update (``solver.step`` with a denoise that replays the given eps), including the
-        noise draw of stochastic solvers.
+        noise draw of stochastic solvers and the history update of multistep ones.
     The first evaluation of a step is at (state.x, grid.t[i]) (asserted on the jaxpr), so it
     needs no program; grid times and step indices are device scalars made before the loop (as
     iterating ``scheduler.timesteps``). One-evaluation solvers: 2 dispatches per step. No host
     synchronisation inside the loop (JAX dispatches asynchronously); one block at the end.
+    Its result is checked against (a) (with the stand-in model of (e), which shares the loop's
+    programs).
 (c) ``model``: one call of the ``model`` program at batch 1024, blocked on; median of all calls.
-(d) ``scan``: NFE model calls in one ``lax.scan`` (x <- model(x, t_i)) and nothing else: the
-    floor of (a), separating scan cost from step math.
-(e) the same (a), (b), (d) with a near-free stand-in model ``eps = 0.5 x + 0.1 t`` (one fused
+(d) ``scan`` (only ``--scan-solvers``, default ddim, euler, heun): NFE model calls in one
+    ``lax.scan`` (x <- model(x, t_i)) and nothing else, the floor of (a).
+(e) (a), (b), (d) again with a near-free stand-in model ``eps = 0.5 x + 0.1 t`` (one fused
     elementwise op): ``sampler cost = (a_e) - (d_e)`` is what ``jdiff.sample`` adds on top of its
     model calls (Python wrapper, dispatch, coefficient gathers, prediction conversion, update,
     noise), ``loop cost = (b_e) - (d_e)`` the same for the Python-loop driver. Each takes a few
     milliseconds, so many repeats pin them down even on a noisy machine.
 
 Derived: ``(b)/(a)``; the sampler overhead ``(a) / (NFE * (c)) - 1`` (target < 2%), and its
-noise-robust estimate ``sampler cost / (NFE * (c))`` (assumes that a model call costs the same
-inside the scan as alone: the ``scan part`` below checks that, within the noise).
+noise-robust estimate ``sampler cost / (NFE * (c))`` (which assumes that a model call costs the
+same inside the scan as alone; (d) checks that, within the noise).
 
-Noise control (a 2-vCPU VM is noisy: medians of identical runs drift by 2x over seconds):
-rounds are interleaved -- every round times every configuration once, in a shuffled order, each
-as (a), a burst of NFE single model calls (c), (d) and (b) back to back, the order reversed in
-odd rounds. Besides the overhead from medians over the whole run, the *paired* overhead is
-``(a) / sum(burst) - 1`` within one round (both measured within about a second), reported as the
-median over rounds with its interquartile range; its scan and step-math parts are
-``(d) / sum(burst) - 1`` and ``((a) - (d)) / sum(burst)``.
+Noise control: rounds are interleaved -- every round times every configuration once, in a
+shuffled order, each as (a), a burst of ``--burst`` (10) single model calls (c), (d) and (b) back
+to back, the order reversed in odd rounds, then the stand-in timings (e). Besides the overhead
+from medians over the whole run, the *paired* overhead ``(a) / (NFE * mean burst call) - 1``
+compares timings taken within about a second of each other; it is reported as the median over
+rounds with its interquartile range, split into a scan part ``(d) / (NFE * mean burst call) - 1``
+and a step-math part ``((a) - (d)) / (NFE * mean burst call)``. The CPU time that other
+processes used during the run is recorded (``foreign_cpu_share``, from /proc/stat); above 10% the
+report carries a warning.
 
-JAX's XLA:CPU backend runs this model on a single thread (its CPU time equals its wall time,
-measured and recorded as ``jax_cpu_per_wall``), so the PyTorch anchor uses
-``torch.set_num_threads(round(jax_cpu_per_wall))`` = 1 (override with ``--torch-threads``).
+Threads: XLA:CPU runs its matmuls on an intra-op pool with one thread per available CPU, so the
+PyTorch anchor uses ``torch.set_num_threads(len(os.sched_getaffinity(0)))`` (override with
+``--torch-threads``). The process CPU time / wall time during JAX model calls is recorded as
+``jax_cpu_per_wall`` (1.8 on the quiet 2-vCPU VM; 1.0 when other processes took a core).
 
 Optional PyTorch anchor (torch + diffusers imported lazily; skipped if either is missing or with
 ``--no-torch``), run after all JAX timings so that no OpenMP thread spins while JAX runs: the same
@@ -59,7 +67,8 @@ MLP in PyTorch (weights copied from the Flax parameters), diffusers' own loop
 with ``set_timesteps`` inside the timed region (it resets multistep state), under
 ``torch.inference_mode``. Schedulers: DDIM and Euler with ``trailing`` spacing at every NFE (same
 solver and grid as jdiff's ddim/euler: the final samples are compared), DPM-Solver++(2M) and UniPC
-(diffusers defaults) at NFE 10. Same paired rounds with bursts of torch model calls.
+(diffusers defaults) at NFE 10. Same paired rounds with bursts of torch model calls, and the
+stand-in model for the scheduler's own cost.
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ import random
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -112,8 +122,12 @@ def summary(xs):
 # ----------------------------------------------------------------------------- JAX drivers
 
 
-def make_loop_driver(solver, model_jit, g, n_steps, final_zero, prediction="eps"):
-    """Python-loop driver of ``solver``: jitted model / stage / step programs (see docstring)."""
+def make_loop_driver(solver, g, n_steps, final_zero, prediction="eps"):
+    """Python-loop driver ``run(model_jit, params, x_T, key)`` of ``solver`` (see docstring).
+
+    The jitted stage / step programs do not depend on the model, so drivers for different
+    models share them.
+    """
 
     def replay(eps_given):
         calls = []
@@ -154,7 +168,7 @@ def make_loop_driver(solver, model_jit, g, n_steps, final_zero, prediction="eps"
     t_dev = [jax.device_put(g.t[i]) for i in range(n_steps)]
     i_dev = [jax.device_put(jnp.int32(i)) for i in range(n_steps)]
 
-    def run(params, x_T, key):
+    def run(model_jit, params, x_T, key):
         state = solver.init(x_T, g, key)
         for i in range(n_steps):
             last = i == n_steps - 1
@@ -215,13 +229,71 @@ def micro_benchmarks(params, model_apply, x, sch, reps):
     old = jax.config.jax_threefry_partitionable
     try:
         jax.config.update("jax_threefry_partitionable", not old)
-        f = jax.jit(noise)
+        f = jax.jit(lambda k, i: jax.random.normal(jax.random.fold_in(k, i), x.shape, x.dtype))
         _block(f(jax.random.key(1), i3))
         v = [timeit(lambda: f(jax.random.key(1), i3)) for _ in range(reps)]
         out[f"noise: fold_in + normal, threefry (partitionable={not old})"] = statistics.median(v)
     finally:
         jax.config.update("jax_threefry_partitionable", old)
+    out.update(history_benchmarks(x, reps))
     return out
+
+
+def history_benchmarks(x, reps, n=50, order=3):
+    """Per-step cost inside one ``lax.scan`` of keeping a multistep history of ``order`` samples.
+
+    Each body makes a new ``m`` from x, stores it and combines the history into the next x:
+    ``none`` keeps no history (the floor); ``roll`` shifts it (``jnp.roll(h, -1, 0).at[-1].set``,
+    as ``jnp.concatenate([m[None], h[:-1]])`` costs the same); ``ring`` writes slot ``i % order``
+    with ``lax.dynamic_update_index_in_dim`` and reads slots by index; ``tensordot`` combines the
+    shifted history with ``jnp.tensordot(c, h, 1)`` instead of an unrolled sum.
+    """
+    c = jnp.linspace(1.0, 0.5, order)
+
+    def scan(update):
+        def run(x, h):
+            def body(carry, i):
+                x, h = carry
+                m = 0.5 * x + 0.01
+                h, comb = update(h, m, i)
+                return (0.9 * x + 0.1 * comb, h), None
+
+            return lax.scan(body, (x, h), jnp.arange(n))[0]
+
+        return jax.jit(run)
+
+    def shifted(h, m):
+        return jnp.roll(h, -1, axis=0).at[-1].set(m)
+
+    def ring(h, m, i):
+        h = lax.dynamic_update_index_in_dim(h, m, i % order, 0)
+        comb = sum(c[j] * lax.dynamic_index_in_dim(h, (i - j) % order, 0, keepdims=False)
+                   for j in range(order))
+        return h, comb
+
+    variants = {
+        "none": lambda h, m, i: (h, c[0] * m),
+        "roll": lambda h, m, i: (lambda h2: (h2, sum(c[j] * h2[-1 - j] for j in range(order))))(
+            shifted(h, m)),
+        "ring": ring,
+        "tensordot": lambda h, m, i: (lambda h2: (h2, jnp.tensordot(c[::-1], h2, axes=1)))(
+            shifted(h, m)),
+    }
+    labels = {
+        "none": "in-scan step without history (floor)",
+        "roll": f"in-scan history of {order}: shift (roll + set) + unrolled sum",
+        "ring": f"in-scan history of {order}: ring buffer (dynamic_update_slice) + unrolled sum",
+        "tensordot": f"in-scan history of {order}: shift + jnp.tensordot combine",
+    }
+    h0 = jnp.zeros((order,) + x.shape, x.dtype)
+    fs = {k: scan(v) for k, v in variants.items()}
+    for f in fs.values():
+        _block(f(x, h0))
+    ts = {k: [] for k in fs}
+    for _ in range(max(5, reps // 10)):
+        for k, f in fs.items():
+            ts[k].append(timeit(lambda f=f: f(x, h0)) / n)
+    return {f"{labels[k]} (per step)": statistics.median(v) for k, v in ts.items()}
 
 
 # ----------------------------------------------------------------------------- PyTorch anchor
@@ -296,12 +368,15 @@ def torch_phase(args, flax_params, x_np, n_threads, jax_rows):
     configs += [(name, 10) for name in ("DPM++2M", "UniPC") if 10 in args.nfe]
     scheds = {name: factories[name]() for name in factories}
 
-    def run(sched, nfe):
+    def run(sched, nfe, model=tm):
         sched.set_timesteps(nfe, device=dev)
         x = x_T * sched.init_noise_sigma  # 1 for DDIM/DPM/UniPC, 1 / alpha_T for Euler
         for t in sched.timesteps:
-            x = sched.step(tm(sched.scale_model_input(x, t), t), t, x).prev_sample
+            x = sched.step(model(sched.scale_model_input(x, t), t), t, x).prev_sample
         return x
+
+    def trivial(x, t):  # the stand-in model of (e)
+        return 0.5 * x + 0.1
 
     def model_call():
         return tm(x_T, ts0)
@@ -313,14 +388,17 @@ def torch_phase(args, flax_params, x_np, n_threads, jax_rows):
         for c in configs:
             out = run(scheds[c[0]], c[1]).cpu().numpy()
             rows[c] = {"scheduler": c[0], "nfe": len(scheds[c[0]].timesteps), "out": out,
-                       "loop": [], "burst": []}
+                       "loop": [], "burst": [], "loop_t": []}
+            run(scheds[c[0]], c[1], trivial)
+        trivial_times = []
         model_times = []
         for r in range(args.rounds):
             order = list(configs)
             random.Random(1000 + r).shuffle(order)
             for c in order:
                 row = rows[c]
-                burst = lambda row=row: [timeit(model_call, sync) for _ in range(row["nfe"])]  # noqa
+                burst = lambda row=row: [timeit(model_call, sync)  # noqa: E731
+                                         for _ in range(min(row["nfe"], args.burst))]
                 loop = lambda c=c: timeit(lambda: run(scheds[c[0]], c[1]), sync)  # noqa: E731
                 if r % 2:
                     b = burst()
@@ -328,8 +406,11 @@ def torch_phase(args, flax_params, x_np, n_threads, jax_rows):
                 else:
                     row["loop"].append(loop())
                     b = burst()
-                row["burst"].append(sum(b))
+                row["burst"].append(sum(b) / len(b))
                 model_times += b
+                for _ in range(args.trivial_reps):
+                    row["loop_t"].append(timeit(lambda c=c: run(scheds[c[0]], c[1], trivial), sync))
+                    trivial_times.append(timeit(lambda: trivial(x_T, ts0), sync))
             print(f"[torch] round {r + 1}/{args.rounds}", flush=True)
         v = []
         for _ in range(args.micro_reps):
@@ -351,9 +432,12 @@ def torch_phase(args, flax_params, x_np, n_threads, jax_rows):
         row = rows[c]
         s = summary(row["loop"])
         nfe = row["nfe"]
-        paired = summary([a / b - 1.0 for a, b in zip(row["loop"], row["burst"])])
+        paired = summary([a / (nfe * b) - 1.0 for a, b in zip(row["loop"], row["burst"])])
+        cost = statistics.median(row["loop_t"]) - nfe * statistics.median(trivial_times)
         o = {"scheduler": row["scheduler"], "nfe": nfe, "loop": s,
-             "overhead": s["median"] / (nfe * model_med) - 1.0, "overhead_paired": paired}
+             "overhead": s["median"] / (nfe * model_med) - 1.0, "overhead_paired": paired,
+             "loop_t": summary(row["loop_t"]), "scheduler_cost_s": cost,
+             "overhead_est": cost / (nfe * model_med)}
         jd = {"DDIM": "ddim", "Euler": "euler"}.get(c[0])
         match = [r for r in jax_rows if r["solver"] == jd and r["nfe_budget"] == c[1]]
         if match:
@@ -366,11 +450,22 @@ def torch_phase(args, flax_params, x_np, n_threads, jax_rows):
     return {
         "torch": torch.__version__, "diffusers": diffusers.__version__, "device": str(dev),
         "num_threads": torch.get_num_threads(), "model_call": summary(model_times),
+        "trivial_call": summary(trivial_times),
         "randn_s": randn_s, "set_timesteps_dpm10_s": set_ts_s, "rows": out_rows,
     }
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def cpu_busy_s():
+    """Busy CPU seconds of the whole machine so far (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def machine_info():
@@ -407,6 +502,10 @@ def iqr_pct(s):
 def findings(res):
     """Summary lines computed from this run's numbers."""
     L = []
+    fs = res.get("foreign_cpu_share")
+    if fs is not None and fs > 0.1:
+        L.append(f"- WARNING: other processes used {100 * fs:.0f}% of the machine's CPU during "
+                 "this run; its timings are contaminated (re-run on a quiet machine).")
     mc = res["model_call"]["median"]
     rows = res["jax"]
     det = [r for r in rows if not r["stochastic"]]
@@ -428,13 +527,24 @@ def findings(res):
     per_step = {r["solver"]: [] for r in rows}
     for r in rows:
         per_step[r["solver"]].append(r["sampler_cost_s"] / r["steps"] * 1e6)
+    fits = []
+    for name in per_step:
+        rs = sorted((r for r in rows if r["solver"] == name), key=lambda r: r["steps"])
+        if len(rs) >= 2 and rs[-1]["steps"] > rs[0]["steps"]:
+            slope = ((rs[-1]["sampler_cost_s"] - rs[0]["sampler_cost_s"])
+                     / (rs[-1]["steps"] - rs[0]["steps"]))
+            fixed = rs[0]["sampler_cost_s"] - slope * rs[0]["steps"]
+            fits.append(f"{name} {fixed * 1e6:.0f} us + {slope * 1e6:.0f} us/step")
+    if fits:
+        L.append("- Sampler cost split into a fixed part per `sample` call and a part per step "
+                 "(two-point fit over the NFE budgets): " + "; ".join(fits) + ".")
     L.append("- Sampler cost per step (us, per NFE budget): "
              + "; ".join(f"{k} {', '.join(f'{v:.0f}' for v in vs)}" for k, vs in per_step.items())
              + ".")
     lc = [r["loop_overhead_est"] for r in rows]
     L.append(f"- Python-loop driver cost (upper bound): {pct(min(lc))} .. {pct(max(lc))} of the "
              "model time.")
-    sc = [r["scan_paired"]["median"] for r in rows]
+    sc = [r["scan_paired"]["median"] for r in rows if r["scan_paired"]]
     L.append(f"- Model calls inside `lax.scan` vs the same calls dispatched one by one: "
              f"{pct(min(sc))} .. {pct(max(sc))} (paired medians).")
     ratios = [r["loop_over_sample"] for r in rows]
@@ -442,17 +552,31 @@ def findings(res):
              f"{max(ratios):.3f}.")
     if res.get("micro"):
         m = res["micro"]
-        L.append("- Per-step pieces in isolation (each its own jitted call, so each includes the "
-                 "dispatch floor): " + "; ".join(f"{k}: {v * 1e6:.0f} us ({100 * v / mc:.2f}% "
-                                                   f"of a model call)" for k, v in m.items()) + ".")
+        noise = [v for k, v in m.items() if k.startswith("noise")]
+        L.append(f"- Drawing the noise of one step (fold_in + normal, {x_shape(res)}) costs "
+                 f"{min(noise) * 1e6:.0f} .. {max(noise) * 1e6:.0f} us as a separate call = "
+                 f"{100 * min(noise) / mc:.1f} .. {100 * max(noise) / mc:.1f}% of a model call: "
+                 "the per-step cost of the stochastic solvers.")
+        hist = {k: v for k, v in m.items() if k.startswith("in-scan")}
+        if hist:
+            L.append("- Multistep history inside a scan, per step: " + "; ".join(
+                f"{k.replace('in-scan ', '').replace(' (per step)', '')}: {v * 1e6:.0f} us"
+                for k, v in hist.items()) + ".")
     t = res.get("torch")
     if t:
-        ov = [r["overhead_paired"]["median"] for r in t["rows"]]
-        L.append(f"- diffusers loops: paired overhead {pct(min(ov))} .. {pct(max(ov))} of a torch "
+        ov = [r["overhead_est"] for r in t["rows"]]
+        L.append("- diffusers scheduler cost per step: " + "; ".join(
+            f"{r['scheduler']} (NFE {r['nfe']}) {r['scheduler_cost_s'] / r['nfe'] * 1e6:.0f} us"
+            for r in t["rows"]) + ".")
+        L.append(f"- diffusers loops: estimated overhead {pct(min(ov))} .. {pct(max(ov))} of a torch "
                  f"model call ({ms(t['model_call']['median'])} ms, "
                  f"{t['num_threads']} thread(s)); torch.randn of one sample batch "
                  f"{t['randn_s'] * 1e6:.0f} us.")
     return L
+
+
+def x_shape(res):
+    return f"{res['config']['batch']} x {res['config']['dim']}"
 
 
 def write_md(path, res):
@@ -464,10 +588,12 @@ def write_md(path, res):
         f"Machine: {m['cpu']}, {m['cpus_available']} CPUs available (os.cpu_count() = "
         f"{m['os_cpu_count']}), {m['platform']}, Python {m['python']}  ",
         f"JAX {m['jax']}, backend `{m['jax_backend']}`, jax.devices() = {m['jax_devices']}; "
-        f"JAX CPU time / wall time during model calls = {res['jax_cpu_per_wall']:.2f} "
-        "(XLA:CPU runs this model on one thread)  ",
+        f"process CPU time / wall time during JAX model calls = {res['jax_cpu_per_wall']:.2f} "
+        "(how many cores XLA:CPU actually got)  ",
         f"Load average (1/5/15 min) before / after: {res['loadavg_before']} / "
-        f"{res['loadavg_after']}",
+        f"{res['loadavg_after']}; CPU used by other processes during the run: "
+        + (f"{100 * res['foreign_cpu_share']:.0f}% of the machine"
+           if res.get("foreign_cpu_share") is not None else "unknown"),
         "",
         f"Model: `jdiff.models.MLP(features={cfg['width']}, depth={cfg['depth']}, "
         f"time_embedding_dim={cfg['temb']})`, data dim {cfg['dim']}, batch {cfg['batch']}, "
@@ -488,7 +614,8 @@ def write_md(path, res):
             f"{ms(a['q3'])}] | {ms(b['median'])} [{ms(b['q1'])}, {ms(b['q3'])}] | "
             f"{r['loop_over_sample']:.3f} | {ms(r['nfe'] * mc['median'])} | "
             f"{pct(r['overhead'])} | **{iqr_pct(r['overhead_paired'])}** | "
-            f"{pct(r['scan_paired']['median'])} | {pct(r['step_math_paired']['median'])} |"
+            + (f"{pct(r['scan_paired']['median'])} | {pct(r['step_math_paired']['median'])} |"
+               if r["scan_paired"] else "- | - |")
         )
     L += [
         "",
@@ -521,13 +648,14 @@ def write_md(path, res):
         "cost = (b_e) - (d_e). The loop estimate is an upper bound: with a real model, Python's "
         "dispatch of the next call overlaps the running one.",
         "",
-        f"Checks: max |(a) - (b)| over all configurations = "
+        f"Checks: max |(a) - (b)| (stand-in model) over all configurations = "
         f"{res['checks']['max_abs_diff_sample_vs_loop']:.3g}; all samples finite: "
         f"{res['checks']['all_finite']}.",
     ]
     if res.get("micro"):
-        L += ["", f"Per-step pieces in isolation (jitted, batch {cfg['batch']} x {cfg['dim']}, "
-              "median; each includes one dispatch):", ""]
+        L += ["", f"Per-step pieces (jitted, batch {cfg['batch']} x {cfg['dim']}, median; the "
+              "first ones are separate calls and include one dispatch each, the `in-scan` ones "
+              "are per step of a 50-step `lax.scan`):", ""]
         L += [f"- {k}: {v * 1e6:.0f} us ({100 * v / mc['median']:.2f}% of a model call)"
               for k, v in res["micro"].items()]
     t = res.get("torch")
@@ -538,7 +666,7 @@ def write_md(path, res):
             f"## PyTorch anchor: diffusers' own loop",
             "",
             f"torch {t['torch']}, diffusers {t['diffusers']}, device {t['device']}, "
-            f"`torch.set_num_threads({t['num_threads']})` (= JAX's CPU time / wall time, rounded). "
+            f"`torch.set_num_threads({t['num_threads']})` (= CPUs available = XLA:CPU's pool size). "
             f"Same MLP in PyTorch with the Flax weights. One torch model call: "
             f"**{ms(tc['median'])} ms** (IQR [{ms(tc['q1'])}, {ms(tc['q3'])}], min "
             f"{ms(tc['min'])}). `set_timesteps` (inside the timed loop): "
@@ -546,9 +674,9 @@ def write_md(path, res):
             f"{t['randn_s'] * 1e6:.0f} us.",
             "",
             "| scheduler | NFE | diffusers loop ms | overhead from medians | "
-            "**overhead paired** [IQR] | / jdiff sample of the same solver "
-            "| max abs diff vs jdiff (relative) |",
-            "|---|---|---|---|---|---|---|",
+            "overhead paired [IQR] | scheduler cost us/step (e) | **overhead est.** "
+            "| / jdiff sample of the same solver | max abs diff vs jdiff (relative) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in t["rows"]:
             s = r["loop"]
@@ -556,8 +684,12 @@ def write_md(path, res):
             diff = (f"{r['max_abs_diff_vs_jdiff']:.2g} ({r['rel_diff_vs_jdiff']:.1g})"
                     if "jdiff_solver" in r else "")
             L.append(f"| {r['scheduler']} | {r['nfe']} | {ms(s['median'])} [{ms(s['q1'])}, "
-                     f"{ms(s['q3'])}] | {pct(r['overhead'])} | **{iqr_pct(r['overhead_paired'])}**"
-                     f" | {rel} | {diff} |")
+                     f"{ms(s['q3'])}] | {pct(r['overhead'])} | {iqr_pct(r['overhead_paired'])}"
+                     f" | {r['scheduler_cost_s'] / r['nfe'] * 1e6:.0f} | "
+                     f"**{pct(r['overhead_est'])}** | {rel} | {diff} |")
+        L += ["", "scheduler cost = diffusers loop with the stand-in model `0.5 x + 0.1` minus NFE "
+              "stand-in calls (includes `set_timesteps`, `scale_model_input`, `step` and Python); "
+              "overhead est. = scheduler cost / (NFE x torch model call)."]
     elif "torch" in res:
         L += ["", "PyTorch anchor: skipped (torch/diffusers not importable, or --no-torch)."]
     L += ["", "## Findings (computed from this run)", ""] + res["notes"]
@@ -580,12 +712,16 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--temb", type=int, default=128, help="time embedding dim")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds")
+    ap.add_argument("--burst", type=int, default=10,
+                    help="single model calls timed next to each sample (paired reference)")
+    ap.add_argument("--scan-solvers", default="ddim,euler,heun",
+                    help="solvers for which (d), NFE model calls in one scan, is timed")
     ap.add_argument("--trivial-reps", type=int, default=5,
                     help="repeats per round of the stand-in-model timings (e)")
     ap.add_argument("--micro-reps", type=int, default=200, help="repeats of each micro-benchmark")
     ap.add_argument("--torch-threads", type=int, default=None,
-                    help="torch.set_num_threads (default: JAX's measured CPU/wall ratio, rounded)")
+                    help="torch.set_num_threads (default: the number of CPUs available)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch/diffusers anchor")
     ap.add_argument("--no-micro", action="store_true", help="skip the per-piece micro-benchmarks")
     ap.add_argument("--out", default=None,
@@ -599,10 +735,12 @@ def main(argv=None):
         args.solvers = "ddim,euler,heun" if args.solvers == "all" else args.solvers
     args.nfe = [int(v) for v in args.nfe.split(",")]
     names = list(jdiff.solvers.SOLVERS) if args.solvers == "all" else args.solvers.split(",")
+    scan_solvers = set(args.scan_solvers.split(","))
     out = args.out if args.out is not None else (
         None if args.quick else os.path.join(HERE, "results", "speed"))
 
     t_start = time.perf_counter()
+    busy0, own0 = cpu_busy_s(), time.process_time()
     load_before = [round(v, 2) for v in os.getloadavg()]
     info = machine_info()
     print(f"[speed] {info['cpu']}, {info['cpus_available']} CPUs, jax {info['jax']} "
@@ -637,33 +775,39 @@ def main(argv=None):
         _block(model_call())
     cpu_per_wall = (time.process_time() - c0) / (time.perf_counter() - w0)
 
-    configs = []
-    t0 = time.perf_counter()
-    for nfe_budget in args.nfe:
-        for name in names:
-            solver = jdiff.solvers.get_solver(name)
-            steps = jdiff.solvers.steps_for_nfe(solver, nfe_budget)
-            grid = jdiff.grids.make_grid(sch, "trailing", steps)
-            g = jax.jit(grid_coeffs, static_argnums=2)(sch, grid, jnp.float32)
-            loop, ks = make_loop_driver(solver, model_jit, g, steps, True)
-            loop_t, _ = make_loop_driver(solver, trivial_jit, g, steps, True)
-            nfe = jdiff.nfe(solver, grid)
-            c = dict(solver=name, nfe_budget=nfe_budget, steps=steps, nfe=nfe, obj=solver,
-                     grid=grid, loop=loop, loop_t=loop_t, ks=ks, stochastic=solver.stochastic,
-                     ts_scan=jnp.asarray(np.resize(np.asarray(g.t[:-1]), nfe)),
-                     times={"sample": [], "loop": [], "scan": [], "burst": [],
-                            "sample_t": [], "loop_t": [], "scan_t": []})
-            # warm-up (compiles) and the loop driver checked against sample
-            xa = np.asarray(jdiff.sample(model_fn, sch, solver, grid, x_T, key=key))
-            xb = np.asarray(loop(params, x_T, key))
+    coeffs_jit = jax.jit(grid_coeffs, static_argnums=2)
+
+    def prepare(nfe_budget, name):
+        solver = jdiff.solvers.get_solver(name)
+        steps = jdiff.solvers.steps_for_nfe(solver, nfe_budget)
+        grid = jdiff.grids.make_grid(sch, "trailing", steps)
+        g = coeffs_jit(sch, grid, jnp.float32)
+        loop, ks = make_loop_driver(solver, g, steps, True)
+        nfe = jdiff.nfe(solver, grid)
+        c = dict(solver=name, nfe_budget=nfe_budget, steps=steps, nfe=nfe, obj=solver,
+                 grid=grid, loop=loop, ks=ks, stochastic=solver.stochastic,
+                 scan=name in scan_solvers, burst=min(nfe, args.burst),
+                 ts_scan=jnp.asarray(np.resize(np.asarray(g.t[:-1]), nfe)),
+                 times={"sample": [], "loop": [], "scan": [], "burst": [],
+                        "sample_t": [], "loop_t": [], "scan_t": []})
+        # warm-up (compiles). The loop's stage/step programs are shared by both models, so the
+        # loop driver is warmed up, and checked against sample, with the stand-in model.
+        xa = np.asarray(jdiff.sample(model_fn, sch, solver, grid, x_T, key=key))
+        if c["scan"]:
             _block(model_scan(params, x_T, c["ts_scan"]))
-            for _ in range(2):
-                _block(jdiff.sample(trivial_fn, sch, solver, grid, x_T, key=key))
-                _block(loop_t(t_params, x_T, key))
-                _block(trivial_scan(t_params, x_T, c["ts_scan"]))
-            c.update(_x=xa, diff=float(np.max(np.abs(xa - xb))),
-                     finite=bool(np.isfinite(xa).all() and np.isfinite(xb).all()))
-            configs.append(c)
+        for _ in range(2):
+            xa_t = np.asarray(jdiff.sample(trivial_fn, sch, solver, grid, x_T, key=key))
+            xb_t = np.asarray(loop(trivial_jit, t_params, x_T, key))
+            _block(trivial_scan(t_params, x_T, c["ts_scan"]))
+        c.update(_x=xa, diff=float(np.max(np.abs(xa_t - xb_t))),
+                 finite=bool(np.isfinite(xa).all() and np.isfinite(xb_t).all()))
+        return c
+
+    # XLA compiles on one thread: warm up (compile) the configurations in parallel.
+    t0 = time.perf_counter()
+    jobs = [(nfe_budget, name) for nfe_budget in args.nfe for name in names]
+    with ThreadPoolExecutor(max_workers=info["cpus_available"]) as pool:
+        configs = list(pool.map(lambda job: prepare(*job), jobs))
     max_diff = max(c["diff"] for c in configs)
     print(f"[speed] {len(configs)} configurations compiled in {time.perf_counter() - t0:.0f} s; "
           f"max |sample - loop| = {max_diff:.3g}; JAX CPU/wall = {cpu_per_wall:.2f}", flush=True)
@@ -673,11 +817,11 @@ def main(argv=None):
             "sample": lambda: timeit(lambda: jdiff.sample(model_fn, sch, c["obj"], c["grid"], x_T,
                                                           key=key)),
             "scan": lambda: timeit(lambda: model_scan(params, x_T, c["ts_scan"])),
-            "loop": lambda: timeit(lambda: c["loop"](params, x_T, key)),
+            "loop": lambda: timeit(lambda: c["loop"](model_jit, params, x_T, key)),
             "sample_t": lambda: timeit(lambda: jdiff.sample(trivial_fn, sch, c["obj"], c["grid"],
                                                             x_T, key=key)),
             "scan_t": lambda: timeit(lambda: trivial_scan(t_params, x_T, c["ts_scan"])),
-            "loop_t": lambda: timeit(lambda: c["loop_t"](t_params, x_T, key)),
+            "loop_t": lambda: timeit(lambda: c["loop"](trivial_jit, t_params, x_T, key)),
         }
 
     model_times = []
@@ -692,10 +836,10 @@ def main(argv=None):
             tm = timers(c)
             for mode in modes:
                 if mode == "burst":  # keep the single calls for the run-wide median (c)
-                    b = [timeit(model_call) for _ in range(c["nfe"])]
+                    b = [timeit(model_call) for _ in range(c["burst"])]
                     model_times += b
-                    c["times"]["burst"].append(sum(b))
-                else:
+                    c["times"]["burst"].append(sum(b) / len(b))  # mean time of one call
+                elif mode != "scan" or c["scan"]:
                     c["times"][mode].append(tm[mode]())
             trivial_modes = ["sample_t", "scan_t", "loop_t"]
             for k in range(args.trivial_reps):
@@ -708,20 +852,23 @@ def main(argv=None):
     med = statistics.median
     rows = []
     for c in configs:
-        T = c["times"]
+        T, n = c["times"], c["nfe"]
         s = summary(T["sample"])
         rows.append({
             "solver": c["solver"], "stochastic": c["stochastic"], "nfe_budget": c["nfe_budget"],
             "steps": c["steps"], "nfe": c["nfe"], "model_calls_per_step": list(c["ks"]),
-            "sample": s, "loop": summary(T["loop"]), "scan": summary(T["scan"]),
-            "burst": summary(T["burst"]),
+            "sample": s, "loop": summary(T["loop"]),
+            "scan": summary(T["scan"]) if c["scan"] else None,
+            "burst_mean_call": summary(T["burst"]),
             "loop_over_sample": statistics.median(T["loop"]) / s["median"],
             "loop_over_sample_paired": summary([b / a for a, b in zip(T["sample"], T["loop"])]),
             "overhead": s["median"] / (c["nfe"] * model_med) - 1.0,
-            "overhead_paired": summary([a / b - 1 for a, b in zip(T["sample"], T["burst"])]),
-            "scan_paired": summary([d / b - 1 for d, b in zip(T["scan"], T["burst"])]),
-            "step_math_paired": summary([(a - d) / b for a, d, b in
-                                         zip(T["sample"], T["scan"], T["burst"])]),
+            "overhead_paired": summary([a / (n * b) - 1 for a, b in zip(T["sample"], T["burst"])]),
+            "scan_paired": summary([d / (n * b) - 1 for d, b in zip(T["scan"], T["burst"])])
+            if c["scan"] else None,
+            "step_math_paired": summary([(a - d) / (n * b) for a, d, b in
+                                         zip(T["sample"], T["scan"], T["burst"])])
+            if c["scan"] else None,
             "max_abs_diff_sample_vs_loop": c["diff"],
             "trivial": {k: summary(T[k]) for k in ("sample_t", "scan_t", "loop_t")},
             "sampler_cost_s": med(T["sample_t"]) - med(T["scan_t"]),
@@ -735,7 +882,7 @@ def main(argv=None):
                                                         args.micro_reps)
     torch_res = None
     if not args.no_torch:
-        n_thr = args.torch_threads or max(1, round(cpu_per_wall))
+        n_thr = args.torch_threads or info["cpus_available"]
         torch_res = torch_phase(args, params, np.asarray(x_T), n_thr, rows)
     for r in rows:
         r.pop("_x")
@@ -748,7 +895,8 @@ def main(argv=None):
         "config": {"batch": args.batch, "dim": args.dim, "width": args.width, "depth": args.depth,
                    "temb": args.temb, "rounds": args.rounds, "nfe_budgets": args.nfe,
                    "solvers": names, "grid": "trailing", "schedule": "vp_discrete",
-                   "dtype": "float32", "prediction": "eps", "trivial_reps": args.trivial_reps},
+                   "dtype": "float32", "prediction": "eps", "trivial_reps": args.trivial_reps,
+                   "burst": args.burst, "scan_solvers": sorted(scan_solvers)},
         "model_call": summary(model_times),
         "jax": rows,
         "checks": {"max_abs_diff_sample_vs_loop": max_diff,
@@ -758,8 +906,18 @@ def main(argv=None):
         "loadavg_before": load_before,
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
     }
-    res["notes"] = findings(res)
     res["wall_s"] = time.perf_counter() - t_start
+    busy1 = cpu_busy_s()
+    res["foreign_cpu_share"] = (
+        None if busy0 is None or busy1 is None else
+        max(0.0, (busy1 - busy0) - (time.process_time() - own0))
+        / (res["wall_s"] * info["cpus_available"]))
+    res["notes"] = findings(res)
+    if out:  # files first, so that nothing measured is lost to a printing error
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out + ".json", "w") as f:
+            json.dump(res, f, indent=1)
+        write_md(out + ".md", res)
 
     print(f"\n(c) model call: {model_med * 1e3:.2f} ms")
     print(f"{'solver':16s} {'NFE':>4s} {'(a) ms':>9s} {'(b) ms':>9s} {'b/a':>6s} {'(d) ms':>9s} "
@@ -768,7 +926,8 @@ def main(argv=None):
         o = r["overhead_paired"]
         print(f"{r['solver']:16s} {r['nfe']:4d} {r['sample']['median'] * 1e3:9.1f} "
               f"{r['loop']['median'] * 1e3:9.1f} {r['loop_over_sample']:6.3f} "
-              f"{r['scan']['median'] * 1e3:9.1f} {pct(r['overhead']):>8s} "
+              + (f"{r['scan']['median'] * 1e3:9.1f}" if r["scan"] else f"{'-':>9s}")
+              + f" {pct(r['overhead']):>8s} "
               f"{pct(o['median']):>8s} [{pct(o['q1'])}, {pct(o['q3'])}] "
               f"{pct(r['overhead_est']):>8s} {pct(r['loop_overhead_est']):>8s}")
     if torch_res:
@@ -778,12 +937,10 @@ def main(argv=None):
             print(f"diffusers {r['scheduler']:8s} NFE {r['nfe']:3d} {r['loop']['median'] * 1e3:9.1f}"
                   f" ms  overhead {pct(r['overhead'])}  paired {pct(r['overhead_paired']['median'])}")
     print("\n" + "\n".join(res["notes"]))
-    print(f"\n[speed] total {res['wall_s']:.0f} s")
+    fs = res["foreign_cpu_share"]
+    print(f"\n[speed] total {res['wall_s']:.0f} s; other processes used "
+          + ("?" if fs is None else f"{100 * fs:.0f}%") + " of the machine's CPU meanwhile")
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out + ".json", "w") as f:
-            json.dump(res, f, indent=1)
-        write_md(out + ".md", res)
         print(f"[speed] wrote {out}.json and {out}.md")
     return res
 
