@@ -663,7 +663,7 @@ def write_md(path, res):
         tc = t["model_call"]
         L += [
             "",
-            f"## PyTorch anchor: diffusers' own loop",
+            "## PyTorch anchor: diffusers' own loop",
             "",
             f"torch {t['torch']}, diffusers {t['diffusers']}, device {t['device']}, "
             f"`torch.set_num_threads({t['num_threads']})` (= CPUs available = XLA:CPU's pool size). "

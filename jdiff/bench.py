@@ -27,7 +27,7 @@ from . import grids as grids_mod
 from .reference import reference_solve
 from .sampling import init_noise, nfe as count_nfe, sample
 from .schedules import get_schedule
-from .solvers import SOLVERS, get_solver, steps_for_nfe
+from .solvers import get_solver, steps_for_nfe
 from .testbeds import get_testbed
 
 DEFAULT_TESTBEDS = ("mix2d", "mix16d")
@@ -120,7 +120,7 @@ def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
                     n = steps_for_nfe(solver, budget, cfg.final == "zero")
                     plan.append((tb_name, grid_name, sname, budget, n))
     # validate every grid before spending time
-    for tb_name, grid_name, sname, budget, n in plan:
+    for _, grid_name, _, _, n in plan:
         grids_mod.make_grid(schedule, grid_name, n, cfg.final)
 
     records = []

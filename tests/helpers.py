@@ -1,6 +1,15 @@
 """Small helpers shared by the test modules."""
 
+import functools
+
 import numpy as np
+
+
+@functools.lru_cache(maxsize=None)
+def load_npz(path):
+    """All arrays of a committed fixture, read once per test session."""
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
 
 
 def order_slope(errors, steps):

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 import jdiff
-from helpers import order_slope
+from helpers import load_npz, order_slope
 from jdiff import grids
 from jdiff.grids import make_grid
 from jdiff.solvers.base import GridCoeffs, grid_coeffs
@@ -56,10 +56,8 @@ SOLVERS = {name: factory() for name, factory in DEIS_IPNDM_SOLVERS.items()}
 N_TRAIN = SCHEDULE.num_train_timesteps
 
 
-@functools.lru_cache(maxsize=None)
 def fixture():
-    with np.load(FIXTURE) as f:
-        return {k: f[k] for k in f.files}
+    return load_npz(FIXTURE)
 
 
 @functools.lru_cache(maxsize=None)

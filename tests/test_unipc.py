@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 
 import jdiff
-from helpers import order_slope
+from helpers import load_npz, order_slope
 from jdiff import grids
 from jdiff.solvers import ddim, ddpm, euler, heun
 from jdiff.solvers.base import grid_coeffs
@@ -55,10 +55,8 @@ DDIM_UNIC_DIFFUSERS = unic(ddim(), order=2, variant="bh2", reuse="eps")  # diffu
 DEFAULTS = {name: factory() for name, factory in UNIPC_SOLVERS.items()}
 
 
-@functools.lru_cache(maxsize=None)
 def fixture():
-    with np.load(FIXTURE) as f:
-        return {k: f[k] for k in f.files}
+    return load_npz(FIXTURE)
 
 
 @functools.lru_cache(maxsize=None)
