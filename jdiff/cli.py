@@ -1,4 +1,4 @@
-"""The ``jdiff`` command line: ``jdiff sample`` and ``jdiff bench steps``.
+"""The ``jdiff`` command line: ``jdiff sample``, ``jdiff bench steps`` and ``jdiff train``.
 
 Bad input prints one line ``jdiff: error: ...`` to stderr and exits with status 2.
 """
@@ -87,6 +87,49 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    import dataclasses
+
+    from .run import RunConfig, train_run
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    result = train_run(cfg, args.workdir, progress=not args.quiet)
+    last = result.history[-1] if result.history else {}
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
+    print(f"trained to step {int(result.state.step)}{resumed}; last loss {last.get('loss', float('nan')):.5f}; "
+          f"work directory {args.workdir}")
+    return 0
+
+
+def _add_run_config_args(parser) -> None:
+    """One ``--flag`` per :class:`jdiff.run.RunConfig` field (default: the field's default)."""
+    import dataclasses
+
+    from .run import RunConfig
+
+    def parse_bool(v: str) -> bool:
+        if v.lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.lower() in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+    for f in dataclasses.fields(RunConfig):
+        default = f.default
+        kind = type(default)
+        if f.name in ("time_sampling", "compute_dtype"):
+            kind = str
+        elif f.name == "flip":
+            kind = parse_bool
+        elif f.name == "grad_clip":
+            kind = float
+        elif kind is bool:
+            kind = parse_bool
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                            help=f"(default: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jdiff", description="Diffusion sampling in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default="bench_out", help="output directory")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
     st.set_defaults(func=_cmd_bench_steps)
+
+    t = sub.add_parser("train", help="train a diffusion model (resumes from the work directory)")
+    t.add_argument("--workdir", required=True, help="run directory: config.json, checkpoints/, metrics.jsonl")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_config_args(t)
+    t.set_defaults(func=_cmd_train)
     return p
 
 

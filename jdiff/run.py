@@ -1,0 +1,257 @@
+"""A training run from one flat configuration: data, model, loss, optimiser, checkpoints.
+
+    cfg = RunConfig(data="digits", model="unet_digits", steps=3000)
+    result = train_run(cfg, "runs/digits")      # trains, or resumes from runs/digits/checkpoints
+    run = build_run(cfg)                          # data / network / loss, without training
+    model_fn = run.model_fn(result.state.ema_params, y=labels)   # for jdiff.sample
+    x = jdiff.sample(model_fn, run.schedule, solver, grid, x_T, prediction=run.prediction)
+
+The work directory holds ``config.json`` (a resumed run must have the same configuration except
+``steps``), ``checkpoints/`` (orbax) and ``metrics.jsonl``. ``jdiff train`` is the command line
+of :func:`train_run`; ``experiments/cifar10_sampling.py`` builds on it.
+
+Data sources (``data``): a built-in testbed name (``mix2d``, ``mix16d``...: exact mixture samples,
+fresh for every step), ``digits`` (scikit-learn's 8x8 digits, train split), ``cifar10:PATH``
+(``cifar-10-batches-py`` directory, a batch pickle or an ``.npz``; add ``@16`` for 2x mean-pooled
+16x16 images, e.g. ``cifar10:data/cifar-10-batches-py@16``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import training
+from .losses import LossConfig, denoising_loss
+from .network import flax_net, make_model_fn, sampling_prediction
+from .schedules import get_schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a training run (JSON-serialisable; see the module docstring)."""
+
+    data: str = "digits"
+    model: str = "unet_digits"  # 'mlp' or a UNet preset of jdiff.models (unet_tiny, unet_digits, unet_cifar10)
+    schedule: str = "vp_linear"
+    parameterization: str = "eps"
+    weighting: str = "uniform"
+    time_sampling: str | None = None
+    conditional: bool = False  # class-conditional network with a null class
+    label_dropout: float = 0.1  # classifier-free guidance dropout (conditional runs only)
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    seed: int = 0
+    save_every: int = 500
+    keep: int = 3
+    log_every: int = 50
+    compute_dtype: str | None = None  # e.g. 'bfloat16' (parameters stay float32)
+    flip: bool | None = None  # random horizontal flips; None: on for CIFAR-10, off otherwise
+    data_parallel: bool = True  # shard the batch over all devices
+    mlp_features: int = 256
+    mlp_depth: int = 4
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown run config fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+@dataclasses.dataclass
+class Run:
+    """What a configuration builds (no training state)."""
+
+    config: RunConfig
+    schedule: Any
+    module: Any  # the Flax module
+    net_apply: Callable
+    loss_fn: Callable
+    batch_fn: Callable[[int], dict]  # step -> this process's batch
+    data_shape: tuple  # one example's shape
+    num_classes: int | None  # number of real classes (labels 0..num_classes-1); None: unconditional
+    dataset: Any = None  # the ImageDataset for image data, else None
+
+    @property
+    def prediction(self) -> str:
+        return sampling_prediction(self.config.parameterization)
+
+    @property
+    def null_label(self) -> int | None:
+        return self.num_classes if self.config.conditional else None
+
+    def init_params(self, key=None):
+        key = jax.random.key(self.config.seed) if key is None else key
+        x = jnp.zeros((1,) + tuple(self.data_shape), jnp.float32)
+        if self.config.conditional:
+            return self.module.init(key, x, jnp.zeros((1,)), y=jnp.zeros((1,), jnp.int32))
+        return self.module.init(key, x, jnp.zeros((1,)))
+
+    def model_fn(self, params, y=None):
+        """``model_fn(x, t)`` for :func:`jdiff.sample` (prediction type :attr:`prediction`)."""
+        if self.config.conditional and y is None:
+            raise ValueError("a class-conditional model needs labels y (use the null class for unconditional)")
+        return make_model_fn(self.net_apply, params, self.schedule, self.config.parameterization, y)
+
+
+def _split_data_spec(spec: str):
+    kind, _, rest = spec.partition(":")
+    return kind, rest
+
+
+def load_image_data(spec: str, split: str = "train"):
+    """ImageDataset for ``digits`` or ``cifar10:PATH[@RES]`` (see the module docstring)."""
+    from . import data as jdata
+
+    kind, rest = _split_data_spec(spec)
+    if kind == "digits":
+        return jdata.load_digits(split=split)
+    if kind == "cifar10":
+        if not rest:
+            raise ValueError("cifar10 data needs a path: cifar10:PATH[@16]")
+        path, _, res = rest.partition("@")
+        ds = jdata.load_cifar10(path, split=split)
+        if res:
+            factor = 32 // int(res)
+            if factor * int(res) != 32:
+                raise ValueError(f"cifar10 resolution {res} must divide 32")
+            ds = jdata.downsample(ds, factor)
+        return ds
+    raise ValueError(f"unknown image data {spec!r}; valid: digits, cifar10:PATH[@RES]")
+
+
+def _build_module(cfg: RunConfig, data_shape, num_classes):
+    if cfg.model == "mlp":
+        if len(data_shape) != 1:
+            raise ValueError(f"model 'mlp' needs flat data, got example shape {data_shape}")
+        if cfg.conditional:
+            raise ValueError("model 'mlp' is unconditional; use a UNet for conditional runs")
+        from .models.mlp import MLP
+
+        return MLP(features=cfg.mlp_features, depth=cfg.mlp_depth, time_embedding_dim=128, time_scale=1.0)
+    from . import models
+
+    preset = getattr(models, cfg.model, None)
+    if preset is None or not cfg.model.startswith("unet"):
+        raise ValueError(f"unknown model {cfg.model!r}; valid: mlp, unet_tiny, unet_digits, unet_cifar10")
+    overrides = {"in_channels": data_shape[-1], "out_channels": data_shape[-1],
+                 "num_classes": num_classes if cfg.conditional else None}
+    if cfg.compute_dtype:
+        overrides["dtype"] = jnp.dtype(cfg.compute_dtype)
+    return models.UNet(preset(**overrides))
+
+
+def build_run(cfg: RunConfig) -> Run:
+    """Schedule, network, loss and a pure ``step -> batch`` function for ``cfg``."""
+    from .testbeds import BUILTIN, get_testbed
+
+    schedule = get_schedule(cfg.schedule)
+    dataset = None
+    if cfg.data in BUILTIN:
+        testbed = get_testbed(cfg.data)
+        data_shape, num_classes = (testbed.dim,), None
+        base = jax.random.key(cfg.seed + 1)
+        draw = jax.jit(lambda s: testbed.sample(jax.random.fold_in(base, s), cfg.batch_size))
+
+        def batch_fn(step):
+            x = np.asarray(draw(step))
+            pi, pc = jax.process_index(), jax.process_count()
+            rows = cfg.batch_size // pc
+            return {"x": x[pi * rows:(pi + 1) * rows]}
+    else:
+        from .data import BatchSampler
+
+        dataset = load_image_data(cfg.data, "train")
+        data_shape, num_classes = tuple(dataset.images.shape[1:]), dataset.num_classes
+        flip = cfg.flip if cfg.flip is not None else cfg.data.startswith("cifar10")
+        sampler = BatchSampler(dataset, cfg.batch_size, seed=cfg.seed, flip=flip)
+
+        def batch_fn(step):
+            images, labels = sampler.batch(step, jax.process_index(), jax.process_count())
+            batch = {"x": images}
+            if cfg.conditional:
+                batch["y"] = labels
+            return batch
+
+    if cfg.conditional and num_classes is None:
+        raise ValueError(f"data {cfg.data!r} has no labels; conditional=True needs a labelled data set")
+    module = _build_module(cfg, data_shape, num_classes)
+    net = flax_net(module)
+    loss_cfg = LossConfig(parameterization=cfg.parameterization, weighting=cfg.weighting,
+                          time_sampling=cfg.time_sampling,
+                          label_dropout=cfg.label_dropout if cfg.conditional else 0.0,
+                          null_label=num_classes if cfg.conditional else None)
+    loss_fn = denoising_loss(net, schedule, loss_cfg)
+    return Run(cfg, schedule, module, net, loss_fn, batch_fn, data_shape, num_classes, dataset)
+
+
+def _check_config(workdir: Path, cfg: RunConfig):
+    path = workdir / "config.json"
+    if path.exists():
+        old = RunConfig.from_json(json.loads(path.read_text()))
+        diff = [f.name for f in dataclasses.fields(cfg)
+                if f.name != "steps" and getattr(old, f.name) != getattr(cfg, f.name)]
+        if diff:
+            raise ValueError(f"{workdir} holds a run with a different configuration ({', '.join(diff)}); "
+                             "use a new work directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+
+
+def train_run(cfg: RunConfig, workdir, progress: bool = True) -> training.FitResult:
+    """Train ``cfg`` in ``workdir`` for ``cfg.steps`` steps in total, resuming if checkpoints exist."""
+    workdir = Path(workdir)
+    _check_config(workdir, cfg)
+    run = build_run(cfg)
+    optimizer = training.make_optimizer(cfg.lr, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+                                        weight_decay=cfg.weight_decay)
+    state = training.create_train_state(run.init_params(), optimizer, seed=cfg.seed)
+    step = training.make_train_step(run.loss_fn, optimizer, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
+                                    compute_dtype=jnp.dtype(cfg.compute_dtype) if cfg.compute_dtype else None)
+    mesh = training.data_mesh() if (cfg.data_parallel and jax.device_count() > 1) else None
+    checkpointer = training.Checkpointer(workdir / "checkpoints", save_every=cfg.save_every, keep=cfg.keep)
+    try:
+        return training.fit(state, training.jit_train_step(step, mesh), run.batch_fn, cfg.steps,
+                            checkpointer=checkpointer, metadata={"config": cfg.to_json()},
+                            log_every=cfg.log_every, metrics_file=workdir / "metrics.jsonl",
+                            progress=progress, mesh=mesh)
+    finally:
+        checkpointer.close()
+
+
+def load_run(workdir, step: int | None = None):
+    """``(run, state)`` from a work directory: the newest good checkpoint (or ``step``)."""
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no run configuration at {path}")
+    cfg = RunConfig.from_json(json.loads(path.read_text()))
+    run = build_run(cfg)
+    optimizer = training.make_optimizer(cfg.lr, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+                                        weight_decay=cfg.weight_decay)
+    like = training.create_train_state(run.init_params(), optimizer, seed=cfg.seed)
+    checkpointer = training.Checkpointer(workdir / "checkpoints", save_every=cfg.save_every, keep=cfg.keep)
+    try:
+        restored = (checkpointer.restore(step, like) if step is not None else checkpointer.restore_latest(like))
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no usable checkpoint in {workdir / 'checkpoints'}")
+    return run, restored[0]

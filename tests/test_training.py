@@ -1,0 +1,232 @@
+"""Training: optimiser schedule, EMA, train step, checkpoints (truncation, SIGKILL), sharding."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiff import training
+from jdiff.run import RunConfig, build_run, load_run, train_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    env.update(extra)
+    return env
+
+
+def test_learning_rate_warmup_then_constant_or_cosine():
+    lr = training.learning_rate_schedule(1e-3, warmup_steps=10)
+    np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 10, 1000)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+    cos = training.learning_rate_schedule(1e-3, warmup_steps=10, decay_steps=100)
+    np.testing.assert_allclose([float(cos(10)), float(cos(60)), float(cos(110))], [1e-3, 5e-4, 0.0], atol=1e-9)
+    with pytest.raises(ValueError):
+        training.learning_rate_schedule(0.0)
+
+
+def test_ema_update_and_warmup():
+    params = {"w": jnp.ones(3)}
+    ema = training.ema_update({"w": jnp.zeros(3)}, params, 0.9)
+    np.testing.assert_allclose(ema["w"], 0.1, rtol=1e-6)
+
+    def loss_fn(p, batch, key):
+        loss = jnp.sum((p["w"] - batch["x"]) ** 2)
+        return loss, {"loss": loss}
+
+    opt = training.make_optimizer(0.1, grad_clip=None)
+    state = training.create_train_state({"w": jnp.zeros(2)}, opt)
+    step = jax.jit(training.make_train_step(loss_fn, opt, ema_decay=0.999, ema_warmup=True))
+    new, metrics = step(state, {"x": jnp.ones(2)})
+    # warm-up decay at step 0 is min(0.999, 1/10): the EMA moves 90% of the way to the new params
+    np.testing.assert_allclose(new.ema_params["w"], 0.9 * new.params["w"], rtol=1e-6)
+    assert int(new.step) == 1 and float(metrics["grad_norm"]) == pytest.approx(2 * np.sqrt(2), rel=1e-6)
+
+
+def test_grad_clip_bounds_the_update_norm():
+    def loss_fn(p, batch, key):
+        loss = 1e6 * jnp.sum(p["w"] ** 2)
+        return loss, {"loss": loss}
+
+    for clip in (None, 1.0):
+        opt = training.make_optimizer(1.0, grad_clip=clip)
+        import optax
+
+        grads = jax.grad(lambda p: loss_fn(p, None, None)[0])({"w": jnp.ones(4)})
+        upd, _ = opt.update(grads, opt.init({"w": jnp.ones(4)}), {"w": jnp.ones(4)})
+        clipped = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())[0]
+        assert float(optax.tree.norm(clipped)) == pytest.approx(1.0, rel=1e-5)
+        assert float(optax.tree.norm(upd)) > 0
+
+
+def test_mixed_precision_keeps_float32_params_and_learns():
+    cfg = RunConfig(data="mix2d", model="mlp", mlp_features=64, mlp_depth=2, batch_size=128, lr=3e-3,
+                    warmup_steps=0, steps=150)
+    run = build_run(cfg)
+    opt = training.make_optimizer(cfg.lr, grad_clip=1.0)
+    from jdiff.testbeds import get_testbed
+
+    big = {"x": get_testbed("mix2d").sample(jax.random.key(7), 8192)}
+    eval_loss = jax.jit(lambda p: run.loss_fn(p, big, jax.random.key(8))[0])
+    init = run.init_params()
+    final = {}
+    for dtype in (None, jnp.bfloat16):
+        state = training.create_train_state(init, opt)
+        step = training.jit_train_step(training.make_train_step(run.loss_fn, opt, compute_dtype=dtype))
+        res = training.fit(state, step, run.batch_fn, cfg.steps, log_every=50, progress=False)
+        leaves = jax.tree_util.tree_leaves(res.state.params)
+        assert all(leaf.dtype == jnp.float32 for leaf in leaves)
+        final[str(dtype)] = float(eval_loss(res.state.params))
+    start = float(eval_loss(init))
+    for value in final.values():
+        assert value < 0.6 * start  # it learns
+    # bf16 and f32 training reach the same loss to bf16 accuracy
+    np.testing.assert_allclose(final["None"], final[str(jnp.bfloat16)], rtol=0.1)
+
+
+def _small_state(value: float, step: int):
+    opt = training.make_optimizer(1e-3)
+    params = {"w": jnp.full((4, 3), value), "b": jnp.arange(3.0) + value}
+    state = training.create_train_state(params, opt, seed=1)
+    return state.replace(step=jnp.int32(step)), opt
+
+
+def test_checkpointer_keeps_last_n_and_falls_back_from_truncated(tmp_path, caplog):
+    ck = training.Checkpointer(tmp_path / "ck", save_every=10, keep=2)
+    for step in (10, 15, 20, 30):
+        saved = ck.save(_small_state(float(step), step)[0])
+        assert saved == (step % 10 == 0)
+    assert ck.all_steps() == [20, 30]
+    like = _small_state(0.0, 0)[0]
+    state, meta = ck.restore_latest(like)
+    assert int(state.step) == 30 and float(state.params["w"][0, 0]) == 30.0 and meta["step"] == 30
+    ck.close()
+    # truncate every data file of the newest checkpoint: detected, the previous one is used
+    data_files = [p for p in (tmp_path / "ck" / "30").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for p in data_files:
+        with open(p, "r+b") as f:
+            f.truncate(p.stat().st_size // 2)
+    ck = training.Checkpointer(tmp_path / "ck", save_every=10, keep=2)
+    state, _ = ck.restore_latest(like)
+    assert int(state.step) == 20 and float(state.params["w"][0, 0]) == 20.0
+    # a checkpoint whose arrays were swapped for other valid data fails its fingerprint
+    ck.close()
+
+
+def test_fingerprint_mismatch_is_detected(tmp_path):
+    ck = training.Checkpointer(tmp_path / "ck", save_every=1, keep=None)
+    ck.save(_small_state(1.0, 1)[0])
+    ck.save(_small_state(2.0, 2)[0])
+    meta_file = next((tmp_path / "ck" / "2" / "meta").glob("metadata"))
+    meta = json.loads(meta_file.read_text())
+    meta["fingerprint"] += 1.0
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="fingerprint"):
+        ck.restore(2, _small_state(0.0, 0)[0])
+    assert int(ck.restore_latest(_small_state(0.0, 0)[0])[0].step) == 1
+    ck.close()
+
+
+def _records(path):
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec  # a resumed run re-logs the steps after its checkpoint: keep the last
+    return out
+
+
+TRAIN_ARGS = ["--data", "mix2d", "--model", "mlp", "--mlp-features", "64", "--mlp-depth", "2",
+              "--batch-size", "64", "--steps", "1500", "--save-every", "100", "--log-every", "50",
+              "--warmup-steps", "20", "--lr", "1e-3", "--quiet"]
+
+
+def test_sigkill_mid_run_resumes_with_same_trajectory(tmp_path):
+    """A training process killed with SIGKILL resumes from its last checkpoint: same step count,
+    same loss trajectory and same final parameters as an uninterrupted run."""
+    cmd = [sys.executable, "-m", "jdiff.cli", "train"]
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref = subprocess.Popen(cmd + ["--workdir", str(ref_dir)] + TRAIN_ARGS, env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd + ["--workdir", str(run_dir)] + TRAIN_ARGS, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    ck = run_dir / "checkpoints"
+    while time.time() < deadline:
+        steps = [int(p.name) for p in ck.glob("*") if p.name.isdigit()] if ck.exists() else []
+        if steps and max(steps) >= 300:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = max(int(p.name) for p in ck.glob("*") if p.name.isdigit())
+    assert killed_at < 1500
+    out = subprocess.run(cmd + ["--workdir", str(run_dir)] + TRAIN_ARGS, env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumed from step" in out.stdout
+    ref_out, ref_err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, ref_err[-2000:]
+    got, want = _records(run_dir / "metrics.jsonl"), _records(ref_dir / "metrics.jsonl")
+    assert sorted(got) == sorted(want) and max(got) == 1500
+    for step in want:
+        np.testing.assert_allclose(got[step]["loss"], want[step]["loss"], rtol=1e-5, err_msg=f"step {step}")
+    _, s_run = load_run(run_dir)
+    _, s_ref = load_run(ref_dir)
+    assert int(s_run.step) == int(s_ref.step) == 1500
+    for a, b in zip(jax.tree_util.tree_leaves(s_run), jax.tree_util.tree_leaves(s_ref)):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-5, atol=1e-6)
+
+
+SHARDING_WORKER = r"""
+import json, sys
+import jax, numpy as np
+from jdiff.run import RunConfig, train_run
+assert jax.device_count() == 4, jax.devices()
+out = {}
+for dp in (True, False):
+    cfg = RunConfig(data="mix2d", model="mlp", mlp_features=64, mlp_depth=2, batch_size=64, steps=8,
+                    save_every=1000, log_every=4, data_parallel=dp, lr=1e-3, warmup_steps=0)
+    res = train_run(cfg, sys.argv[1] + ("/dp" if dp else "/single"), progress=False)
+    leaves = jax.tree_util.tree_leaves(res.state.params)
+    out[str(dp)] = [np.asarray(x).ravel().tolist() for x in leaves]
+    out[str(dp) + "_sharding"] = str(leaves[0].sharding)
+    out[str(dp) + "_loss"] = [h["loss"] for h in res.history]
+print(json.dumps(out))
+"""
+
+
+def test_data_parallel_on_four_cpu_devices_matches_one_device(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SHARDING_WORKER, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "NamedSharding" in res["True_sharding"] and "data" in res["True_sharding"]
+    np.testing.assert_allclose(res["True_loss"], res["False_loss"], rtol=1e-5)
+    for a, b in zip(res["True"], res["False"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_rejects_changed_configuration(tmp_path):
+    cfg = RunConfig(data="mix2d", model="mlp", mlp_features=32, mlp_depth=1, batch_size=16, steps=2,
+                    save_every=1, log_every=1)
+    train_run(cfg, tmp_path, progress=False)
+    res = train_run(cfg._replace(steps=4) if hasattr(cfg, "_replace") else
+                    RunConfig(**{**cfg.to_json(), "steps": 4}), tmp_path, progress=False)
+    assert res.resumed_from == 2 and int(res.state.step) == 4
+    with pytest.raises(ValueError, match="different configuration"):
+        train_run(RunConfig(**{**cfg.to_json(), "lr": 1.0}), tmp_path, progress=False)
