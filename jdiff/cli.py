@@ -102,7 +102,7 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _add_run_config_args(parser) -> None:
+def add_run_config_args(parser) -> None:
     """One ``--flag`` per :class:`jdiff.run.RunConfig` field (default: the field's default)."""
     import dataclasses
 
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a diffusion model (resumes from the work directory)")
     t.add_argument("--workdir", required=True, help="run directory: config.json, checkpoints/, metrics.jsonl")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_run_config_args(t)
+    add_run_config_args(t)
     t.set_defaults(func=_cmd_train)
     return p
 

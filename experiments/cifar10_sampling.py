@@ -1,0 +1,263 @@
+"""CIFAR-10 (or digits) sampling study: train or resume a model, then Frechet distance vs solver x NFE.
+
+    python experiments/cifar10_sampling.py                          # laptop default: sklearn digits
+    python experiments/cifar10_sampling.py --config cifar10_16 --data-path ../shared/data/cifar10_test_batch_jpegq75.pkl
+    python experiments/cifar10_sampling.py --config cifar10 --data-path data/cifar-10-batches-py   # accelerator
+
+Steps:
+
+1. Train (or resume from ``--workdir``) a diffusion model with :func:`jdiff.run.train_run`; every
+   :class:`jdiff.run.RunConfig` field can be overridden (``--steps``, ``--batch-size``, ``--lr``...).
+2. Train (once, cached in the work directory) the own feature network of
+   :mod:`jdiff.metrics.feature_net` on the training images and labels. Frechet distances below are
+   in that feature space: **not comparable with published FIDs**. With ``--inception PATH`` (an
+   ``.npz`` in pytorch-fid's state-dict layout, see ``scripts/convert_inception_weights.py``) the
+   Inception-v3 pool_3 distance is computed as well.
+3. Reference statistics from the training images; baselines: the held-out test split (the
+   distance a perfect model would reach with as many samples) and Gaussian noise.
+4. Sample ``--n-samples`` images (default: as many as the test split, so sample and test
+   distances have the same small-sample bias) with every solver and NFE from the same initial
+   noise, using the EMA parameters, and write to ``--out``: ``results.json`` (everything),
+   ``fd_table.md`` (best solver per NFE in bold), ``fd_vs_nfe.png``, ``samples_<solver>_nfe<k>.png``,
+   ``data_train.png``.
+
+The model function handed to the sampler comes from :meth:`jdiff.run.Run.model_fn` (one seam,
+``model_fn(x, t)``); accelerators and guidance wrap that function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jdiff
+from jdiff import metrics
+from jdiff.cli import add_run_config_args
+from jdiff.data import from_model_range, to_model_range
+from jdiff.plotting import save_image_grid
+from jdiff.run import RunConfig, load_image_data, load_run, train_run
+from jdiff.solvers import get_solver, steps_for_nfe
+
+# Training presets. 'laptop' trains on sklearn digits in minutes on a CPU; 'cifar10_16' is
+# CIFAR-10 mean-pooled to 16x16 (a larger CPU run); 'cifar10' is the full DDPM++-size model for
+# an accelerator (35.7M parameters, batch 128, lr 2e-4 with 5k warm-up, EMA 0.9999).
+CONFIGS = {
+    "laptop": dict(data="digits", model="unet_digits", steps=2500, batch_size=128, lr=1e-3, warmup_steps=200,
+                   ema_decay=0.999, save_every=500, log_every=50),
+    "cifar10_16": dict(data="cifar10:{path}@16", model="unet_digits", steps=20000, batch_size=128, lr=5e-4,
+                       warmup_steps=500, ema_decay=0.9995, save_every=1000, log_every=100),
+    "cifar10": dict(data="cifar10:{path}", model="unet_cifar10", steps=400000, batch_size=128, lr=2e-4,
+                    warmup_steps=5000, ema_decay=0.9999, save_every=5000, log_every=100),
+}
+DEFAULT_SOLVERS = "ddim,heun,dpmpp_2m,dpmpp_3m,unipc_bh2,ipndm"
+DEFAULT_NFE = "5,6,8,10,15,20"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="laptop", choices=sorted(CONFIGS))
+    p.add_argument("--data-path", default=None, help="CIFAR-10 directory, batch pickle or .npz (cifar configs)")
+    p.add_argument("--workdir", default=None, help="training run directory (default runs/<config>)")
+    p.add_argument("--out", default=None, help="output directory (default <workdir>/sampling)")
+    p.add_argument("--no-train", action="store_true", help="use the existing checkpoint as is")
+    p.add_argument("--solvers", default=DEFAULT_SOLVERS)
+    p.add_argument("--nfe", default=DEFAULT_NFE)
+    p.add_argument("--grid", default="logsnr", help="time grid (jdiff.grids)")
+    p.add_argument("--n-samples", type=int, default=None, help="default: size of the test split")
+    p.add_argument("--sample-batch", type=int, default=500)
+    p.add_argument("--feature-steps", type=int, default=2000, help="training steps of the own feature network")
+    p.add_argument("--inception", default=None, help="Inception-v3 weights .npz (pytorch-fid layout)")
+    p.add_argument("--sample-seed", type=int, default=1234)
+    p.add_argument("--quiet", action="store_true")
+    overrides = p.add_argument_group("run configuration overrides (jdiff.run.RunConfig)")
+    add_run_config_args(overrides)
+    return p.parse_args(argv)
+
+
+def build_config(args) -> RunConfig:
+    preset = dict(CONFIGS[args.config])
+    if "{path}" in preset["data"]:
+        if not args.data_path:
+            raise SystemExit(f"--config {args.config} needs --data-path (CIFAR-10 directory, pickle or .npz)")
+        preset["data"] = preset["data"].format(path=args.data_path)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    preset.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    return RunConfig(**preset)
+
+
+def feature_network(workdir: Path, train_ds, test_ds, steps: int, log):
+    path = workdir / "feature_net.npz"
+    info_path = workdir / "feature_net.json"
+    if path.exists() and info_path.exists():
+        model, params = metrics.load_feature_net(path)
+        return model, params, json.loads(info_path.read_text())
+    t0 = time.perf_counter()
+    res = metrics.train_feature_net(to_model_range(train_ds.images), train_ds.labels, train_ds.num_classes,
+                                    steps=steps, seed=0,
+                                    test_data=(to_model_range(test_ds.images), test_ds.labels))
+    info = {"train_accuracy": res.train_accuracy, "test_accuracy": res.test_accuracy, "steps": steps,
+            "seconds": round(time.perf_counter() - t0, 1), "label": metrics.OWN_FEATURE_LABEL}
+    metrics.save_feature_net(path, res.model, res.params)
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    log(f"feature network: train accuracy {res.train_accuracy:.3f}, test accuracy {res.test_accuracy:.3f}")
+    return res.model, res.params, info
+
+
+def markdown_table(rows, solvers, nfes, baselines, label, command):
+    lines = [f"# Frechet distance vs solver and NFE", "", f"{label}. Lower is better; best per NFE in bold "
+             "(deterministic solvers).", "", f"Command: `{command}`", ""]
+    lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+    lines.append("|---|" + "---|" * len(nfes))
+    best = {}
+    for n in nfes:
+        vals = [r["fd"] for r in rows if r["nfe_budget"] == n and not r["stochastic"]]
+        best[n] = min(vals) if vals else None
+    for s in solvers:
+        cells = []
+        for n in nfes:
+            r = next((r for r in rows if r["solver"] == s and r["nfe_budget"] == n), None)
+            if r is None:
+                cells.append("n/a")
+            elif r["fd"] == best[n]:
+                cells.append(f"**{r['fd']:.3f}**")
+            else:
+                cells.append(f"{r['fd']:.3f}")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "Baselines (same reference statistics):", ""]
+    for k, v in baselines.items():
+        lines.append(f"- {k}: {v:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_fd(rows, solvers, nfes, baselines, path, label):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for s in solvers:
+        pts = sorted((r["nfe"], r["fd"]) for r in rows if r["solver"] == s)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=s)
+    if "test split vs train" in baselines:
+        ax.axhline(baselines["test split vs train"], color="k", ls="--", lw=1, label="test split")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel("Frechet distance")
+    ax.set_yscale("log")
+    ax.set_xticks(nfes)
+    ax.set_title(label, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    workdir = Path(args.workdir or f"runs/{args.config}")
+    out = Path(args.out or workdir / "sampling")
+    out.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+    t0 = time.perf_counter()
+    if not args.no_train:
+        res = train_run(cfg, workdir, progress=not args.quiet)
+        log(f"trained to step {int(res.state.step)} in {time.perf_counter() - t0:.0f} s")
+    train_seconds = time.perf_counter() - t0
+    run, state = load_run(workdir)
+    params = state.ema_params
+    train_ds = run.dataset
+    test_ds = load_image_data(run.config.data, "test")
+    history = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+    fmodel, fparams, finfo = feature_network(workdir, train_ds, test_ds, args.feature_steps, log)
+    feats = metrics.feature_fn(fparams, fmodel)
+    extractors = {"own": feats}
+    if args.inception:
+        extractors["inception"] = metrics.inception_feature_fn(metrics.load_inception_params(args.inception))
+
+    def stats_of(name, images_float):
+        return metrics.compute_stats(extractors[name], np.asarray(images_float), batch_size=250)
+
+    ref = {k: stats_of(k, to_model_range(train_ds.images)) for k in extractors}
+    n = args.n_samples or len(test_ds)
+    shape = tuple(train_ds.images.shape[1:])
+    rng = np.random.default_rng(args.sample_seed)
+    noise_images = np.clip(rng.standard_normal((n,) + shape) * 0.5, -1, 1).astype(np.float32)
+    baselines = {}
+    for k in extractors:
+        tag = "" if k == "own" else f" [{k}]"
+        baselines["test split vs train" + tag] = metrics.frechet_distance_from_stats(
+            stats_of(k, to_model_range(test_ds.images)), ref[k])
+        baselines["Gaussian noise images vs train" + tag] = metrics.frechet_distance_from_stats(
+            stats_of(k, noise_images), ref[k])
+    log("baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()))
+    save_image_grid(out / "data_train.png", train_ds.images[:64], 8, scale=4 if shape[0] <= 16 else 2)
+
+    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    nfes = [int(v) for v in args.nfe.split(",")]
+    z = jax.random.normal(jax.random.key(args.sample_seed), (n,) + shape, jnp.float32)
+    labels = (jnp.arange(n) % run.num_classes).astype(jnp.int32) if run.config.conditional else None
+    sched = run.schedule
+    rows = []
+    for name in solvers:
+        solver = get_solver(name)
+        for budget in nfes:
+            try:
+                steps = steps_for_nfe(solver, budget)
+            except ValueError as err:
+                log(f"skip {name} at NFE {budget}: {err}")
+                continue
+            grid = jdiff.grids.make_grid(sched, args.grid, steps)
+            x_T = jdiff.init_noise(sched, grid[0], z)
+            t1 = time.perf_counter()
+            chunks = []
+            for i in range(0, n, args.sample_batch):
+                sl = slice(i, i + args.sample_batch)
+                model_fn = run.model_fn(params, None if labels is None else labels[sl])
+                key = jax.random.fold_in(jax.random.key(args.sample_seed + 1), i)
+                x = jdiff.sample(model_fn, sched, solver, grid, x_T[sl], key, prediction=run.prediction)
+                chunks.append(np.asarray(jnp.clip(x, -1.0, 1.0)))
+            samples = np.concatenate(chunks)
+            seconds = time.perf_counter() - t1
+            row = {"solver": name, "nfe_budget": budget, "nfe": jdiff.nfe(solver, grid), "steps": steps,
+                   "stochastic": bool(solver.stochastic), "seconds": round(seconds, 2),
+                   "finite": bool(np.isfinite(samples).all())}
+            for k in extractors:
+                fd = metrics.frechet_distance_from_stats(stats_of(k, samples), ref[k])
+                row["fd" if k == "own" else f"fd_{k}"] = fd
+            rows.append(row)
+            save_image_grid(out / f"samples_{name}_nfe{budget}.png", from_model_range(samples[:64]), 8,
+                            scale=4 if shape[0] <= 16 else 2)
+            log(f"{name:>12s} NFE {row['nfe']:>3d}: FD {row['fd']:.3f}  ({seconds:.1f} s)")
+
+    label = metrics.OWN_FEATURE_LABEL
+    table = markdown_table(rows, solvers, nfes, {k: v for k, v in baselines.items()}, label, command)
+    (out / "fd_table.md").write_text(table)
+    plot_fd(rows, solvers, nfes, baselines, out / "fd_vs_nfe.png", label)
+    result = {"command": command, "config": cfg.to_json(), "workdir": str(workdir), "n_samples": n,
+              "grid": args.grid, "train_seconds_this_call": round(train_seconds, 1),
+              "train_steps": int(state.step), "final_train_loss": history[-1].get("loss") if history else None,
+              "feature_net": finfo, "baselines": baselines, "rows": rows, "label": label,
+              "devices": [str(d) for d in jax.devices()]}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    log(table)
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
