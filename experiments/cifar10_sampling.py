@@ -51,8 +51,8 @@ from jdiff.solvers import get_solver, steps_for_nfe
 # CIFAR-10 mean-pooled to 16x16 (a larger CPU run); 'cifar10' is the full DDPM++-size model for
 # an accelerator (35.7M parameters, batch 128, lr 2e-4 with 5k warm-up, EMA 0.9999).
 CONFIGS = {
-    "laptop": dict(data="digits", model="unet_digits", steps=2500, batch_size=128, lr=1e-3, warmup_steps=200,
-                   ema_decay=0.999, save_every=500, log_every=50),
+    "laptop": dict(data="digits", model="unet_digits", model_kwargs='{"num_res_blocks": 1}', steps=2000,
+                   batch_size=128, lr=1e-3, warmup_steps=200, ema_decay=0.999, save_every=500, log_every=50),
     "cifar10_16": dict(data="cifar10:{path}@16", model="unet_digits", steps=20000, batch_size=128, lr=5e-4,
                        warmup_steps=500, ema_decay=0.9995, save_every=1000, log_every=100),
     "cifar10": dict(data="cifar10:{path}", model="unet_cifar10", steps=400000, batch_size=128, lr=2e-4,
@@ -114,13 +114,23 @@ def feature_network(workdir: Path, train_ds, test_ds, steps: int, log):
 
 
 def markdown_table(rows, solvers, nfes, baselines, label, command):
-    lines = [f"# Frechet distance vs solver and NFE", "", f"{label}. Lower is better; best per NFE in bold "
+    lines = ["# Frechet distance vs solver and NFE", "", f"{label}. Lower is better; best per NFE in bold "
              "(deterministic solvers).", "", f"Command: `{command}`", ""]
+    lines += table_lines(rows, solvers, nfes, "fd", "FD of samples vs the training images")
+    lines += [""] + table_lines(rows, solvers, nfes, "fd_vs_test", "FD of samples vs the held-out test images")
+    lines += ["", "Baselines (same feature network; a perfect model's samples would score like the other split):", ""]
+    for k, v in baselines.items():
+        lines.append(f"- {k}: {v:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def table_lines(rows, solvers, nfes, key, title):
+    lines = [f"### {title}", ""]
     lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     lines.append("|---|" + "---|" * len(nfes))
     best = {}
     for n in nfes:
-        vals = [r["fd"] for r in rows if r["nfe_budget"] == n and not r["stochastic"]]
+        vals = [r[key] for r in rows if r["nfe_budget"] == n and not r["stochastic"]]
         best[n] = min(vals) if vals else None
     for s in solvers:
         cells = []
@@ -128,15 +138,12 @@ def markdown_table(rows, solvers, nfes, baselines, label, command):
             r = next((r for r in rows if r["solver"] == s and r["nfe_budget"] == n), None)
             if r is None:
                 cells.append("n/a")
-            elif r["fd"] == best[n]:
-                cells.append(f"**{r['fd']:.3f}**")
+            elif r[key] == best[n]:
+                cells.append(f"**{r[key]:.3f}**")
             else:
-                cells.append(f"{r['fd']:.3f}")
+                cells.append(f"{r[key]:.3f}")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    lines += ["", "Baselines (same reference statistics):", ""]
-    for k, v in baselines.items():
-        lines.append(f"- {k}: {v:.3f}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_fd(rows, solvers, nfes, baselines, path, label):
@@ -193,6 +200,7 @@ def main(argv=None) -> int:
         return metrics.compute_stats(extractors[name], np.asarray(images_float), batch_size=250)
 
     ref = {k: stats_of(k, to_model_range(train_ds.images)) for k in extractors}
+    ref_test = {k: stats_of(k, to_model_range(test_ds.images)) for k in extractors}
     n = args.n_samples or len(test_ds)
     shape = tuple(train_ds.images.shape[1:])
     rng = np.random.default_rng(args.sample_seed)
@@ -200,10 +208,10 @@ def main(argv=None) -> int:
     baselines = {}
     for k in extractors:
         tag = "" if k == "own" else f" [{k}]"
-        baselines["test split vs train" + tag] = metrics.frechet_distance_from_stats(
-            stats_of(k, to_model_range(test_ds.images)), ref[k])
-        baselines["Gaussian noise images vs train" + tag] = metrics.frechet_distance_from_stats(
-            stats_of(k, noise_images), ref[k])
+        baselines["test split vs train" + tag] = metrics.frechet_distance_from_stats(ref_test[k], ref[k])
+        noise_stats = stats_of(k, noise_images)
+        baselines["Gaussian noise images vs train" + tag] = metrics.frechet_distance_from_stats(noise_stats, ref[k])
+        baselines["Gaussian noise images vs test" + tag] = metrics.frechet_distance_from_stats(noise_stats, ref_test[k])
     log("baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()))
     save_image_grid(out / "data_train.png", train_ds.images[:64], 8, scale=4 if shape[0] <= 16 else 2)
 
@@ -237,12 +245,15 @@ def main(argv=None) -> int:
                    "stochastic": bool(solver.stochastic), "seconds": round(seconds, 2),
                    "finite": bool(np.isfinite(samples).all())}
             for k in extractors:
-                fd = metrics.frechet_distance_from_stats(stats_of(k, samples), ref[k])
-                row["fd" if k == "own" else f"fd_{k}"] = fd
+                st = stats_of(k, samples)
+                suffix = "" if k == "own" else f"_{k}"
+                row["fd" + suffix] = metrics.frechet_distance_from_stats(st, ref[k])
+                row["fd_vs_test" + suffix] = metrics.frechet_distance_from_stats(st, ref_test[k])
             rows.append(row)
             save_image_grid(out / f"samples_{name}_nfe{budget}.png", from_model_range(samples[:64]), 8,
                             scale=4 if shape[0] <= 16 else 2)
-            log(f"{name:>12s} NFE {row['nfe']:>3d}: FD {row['fd']:.3f}  ({seconds:.1f} s)")
+            log(f"{name:>12s} NFE {row['nfe']:>3d}: FD vs train {row['fd']:.3f}, vs test {row['fd_vs_test']:.3f}"
+                f"  ({seconds:.1f} s)")
 
     label = metrics.OWN_FEATURE_LABEL
     table = markdown_table(rows, solvers, nfes, {k: v for k, v in baselines.items()}, label, command)

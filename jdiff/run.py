@@ -62,6 +62,7 @@ class RunConfig:
     data_parallel: bool = True  # shard the batch over all devices
     mlp_features: int = 256
     mlp_depth: int = 4
+    model_kwargs: str = ""  # JSON object of UNetConfig overrides, e.g. '{"num_res_blocks": 1}'
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -153,6 +154,14 @@ def _build_module(cfg: RunConfig, data_shape, num_classes):
         raise ValueError(f"unknown model {cfg.model!r}; valid: mlp, unet_tiny, unet_digits, unet_cifar10")
     overrides = {"in_channels": data_shape[-1], "out_channels": data_shape[-1],
                  "num_classes": num_classes if cfg.conditional else None}
+    if cfg.model_kwargs:
+        try:
+            extra = json.loads(cfg.model_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"model_kwargs is not valid JSON: {err}") from None
+        if not isinstance(extra, dict):
+            raise ValueError("model_kwargs must be a JSON object of UNetConfig fields")
+        overrides.update({k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()})
     if cfg.compute_dtype:
         overrides["dtype"] = jnp.dtype(cfg.compute_dtype)
     return models.UNet(preset(**overrides))

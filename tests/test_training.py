@@ -230,3 +230,22 @@ def test_resume_rejects_changed_configuration(tmp_path):
     assert res.resumed_from == 2 and int(res.state.step) == 4
     with pytest.raises(ValueError, match="different configuration"):
         train_run(RunConfig(**{**cfg.to_json(), "lr": 1.0}), tmp_path, progress=False)
+
+
+def test_run_config_errors_are_clear():
+    with pytest.raises(ValueError, match="model_kwargs"):
+        build_run(RunConfig(data="digits", model_kwargs="{not json"))
+    with pytest.raises(ValueError, match="unknown model"):
+        build_run(RunConfig(data="digits", model="resnet"))
+    with pytest.raises(ValueError, match="flat data"):
+        build_run(RunConfig(data="digits", model="mlp"))
+    with pytest.raises(ValueError, match="no labels"):
+        build_run(RunConfig(data="mix2d", model="mlp", conditional=True))
+    with pytest.raises(ValueError, match="unknown run config"):
+        RunConfig.from_json({"bogus": 1})
+    run = build_run(RunConfig(data="digits", model="unet_tiny", conditional=True,
+                              model_kwargs='{"num_res_blocks": 1, "attn_resolutions": []}'))
+    assert run.module.config.num_classes == 10 and run.null_label == 10 and run.data_shape == (8, 8, 1)
+    batch = run.batch_fn(3)
+    assert batch["x"].shape == (128, 8, 8, 1) and batch["y"].shape == (128,)
+    np.testing.assert_array_equal(batch["x"], run.batch_fn(3)["x"])  # a pure function of the step
