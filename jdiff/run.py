@@ -63,6 +63,7 @@ class RunConfig:
     mlp_features: int = 256
     mlp_depth: int = 4
     model_kwargs: str = ""  # JSON object of UNetConfig overrides, e.g. '{"num_res_blocks": 1}'
+    cpu_conv_eigen: bool = True  # on CPU, compile convolutions with Eigen (training.CPU_CONV_EIGEN)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -237,7 +238,8 @@ def train_run(cfg: RunConfig, workdir, progress: bool = True) -> training.FitRes
     mesh = training.data_mesh() if (cfg.data_parallel and jax.device_count() > 1) else None
     checkpointer = training.Checkpointer(workdir / "checkpoints", save_every=cfg.save_every, keep=cfg.keep)
     try:
-        return training.fit(state, training.jit_train_step(step, mesh), run.batch_fn, cfg.steps,
+        options = training.CPU_CONV_EIGEN if (cfg.cpu_conv_eigen and jax.default_backend() == "cpu") else None
+        return training.fit(state, training.jit_train_step(step, mesh, compiler_options=options), run.batch_fn, cfg.steps,
                             checkpointer=checkpointer, metadata={"config": cfg.to_json()},
                             log_every=cfg.log_every, metrics_file=workdir / "metrics.jsonl",
                             progress=progress, mesh=mesh)

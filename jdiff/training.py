@@ -188,13 +188,25 @@ def shard_batch(batch, mesh: Mesh):
     return jax.tree_util.tree_map(put, batch)
 
 
-def jit_train_step(train_step: Callable, mesh: Mesh | None = None, donate: bool = True) -> Callable:
-    """``jax.jit`` of a train step; with a mesh, state replicated and batch sharded on its axis."""
-    donate_argnums = (0,) if donate else ()
-    if mesh is None:
-        return jax.jit(train_step, donate_argnums=donate_argnums)
-    rep, data = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=donate_argnums)
+# XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK, which runs kernel-gradient convolutions
+# (a window as large as the feature map) ~4.6x slower per FLOP than forward ones; keeping YNNPACK
+# for dots and reductions but convolutions on Eigen made the CIFAR-10 UNet training step 1.7x
+# faster (benchmarks/results/train_speed_1core.md). Experimental XLA option: re-check on upgrades.
+CPU_CONV_EIGEN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def jit_train_step(train_step: Callable, mesh: Mesh | None = None, donate: bool = True,
+                   compiler_options: dict | None = None) -> Callable:
+    """``jax.jit`` of a train step; with a mesh, state replicated and batch sharded on its axis.
+
+    ``compiler_options`` are passed to XLA (e.g. :data:`CPU_CONV_EIGEN` on CPU)."""
+    kwargs: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
+    if compiler_options:
+        kwargs["compiler_options"] = dict(compiler_options)
+    if mesh is not None:
+        rep, data = replicated(mesh), batch_sharding(mesh)
+        kwargs.update(in_shardings=(rep, data), out_shardings=(rep, rep))
+    return jax.jit(train_step, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

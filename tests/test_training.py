@@ -249,3 +249,20 @@ def test_run_config_errors_are_clear():
     batch = run.batch_fn(3)
     assert batch["x"].shape == (128, 8, 8, 1) and batch["y"].shape == (128,)
     np.testing.assert_array_equal(batch["x"], run.batch_fn(3)["x"])  # a pure function of the step
+
+
+@pytest.mark.slow  # two UNet train-step compiles (~40 s on 2 cores)
+def test_cpu_conv_eigen_option_gives_the_same_step():
+    """The XLA:CPU option routing convolutions to Eigen changes speed, not results."""
+    cfg = RunConfig(data="digits", model="unet_tiny", batch_size=8, model_kwargs='{"dropout": 0.0}')
+    run = build_run(cfg)
+    opt = training.make_optimizer(1e-3)
+    state = training.create_train_state(run.init_params(), opt)
+    step = training.make_train_step(run.loss_fn, opt)
+    outs = []
+    for options in (None, training.CPU_CONV_EIGEN):
+        new, metrics = training.jit_train_step(step, donate=False, compiler_options=options)(state, run.batch_fn(0))
+        outs.append((float(metrics["loss"]), jax.tree_util.tree_leaves(new.params)))
+    assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
