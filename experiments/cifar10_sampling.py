@@ -51,8 +51,9 @@ from jdiff.solvers import get_solver, steps_for_nfe
 # CIFAR-10 mean-pooled to 16x16 (a larger CPU run); 'cifar10' is the full DDPM++-size model for
 # an accelerator (35.7M parameters, batch 128, lr 2e-4 with 5k warm-up, EMA 0.9999).
 CONFIGS = {
-    "laptop": dict(data="digits", model="unet_digits", model_kwargs='{"num_res_blocks": 1}', steps=2000,
-                   batch_size=128, lr=1e-3, warmup_steps=200, ema_decay=0.999, save_every=500, log_every=50),
+    "laptop": dict(data="digits", model="unet_digits", model_kwargs='{"num_res_blocks": 1, "dropout": 0.0}',
+                   steps=1800, batch_size=128, lr=2e-3, warmup_steps=200, ema_decay=0.999, save_every=500,
+                   log_every=50),
     "cifar10_16": dict(data="cifar10:{path}@16", model="unet_digits", steps=20000, batch_size=128, lr=5e-4,
                        warmup_steps=500, ema_decay=0.9995, save_every=1000, log_every=100),
     "cifar10": dict(data="cifar10:{path}", model="unet_cifar10", steps=400000, batch_size=128, lr=2e-4,
