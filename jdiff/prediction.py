@@ -4,8 +4,10 @@ With ``x_t = alpha x_0 + sigma eps`` a network may predict
 
 * ``eps``:   the noise, ``eps``;
 * ``x0``:    the data, ``x_0`` (a denoiser ``D(x, t)``);
-* ``v``:     ``v = alpha eps - sigma x_0`` (Salimans & Ho 2022), valid for VP schedules
-  (``alpha^2 + sigma^2 = 1``);
+* ``v``:     ``v = alpha eps - sigma x_0`` (Salimans & Ho 2022, "Progressive Distillation",
+  Sec. 4 and Appendix D, for VP schedules). The same definition is used for every schedule
+  (VE / EDM: ``alpha = 1``, ``v = eps - sigma x_0``); the conversion below inverts it exactly for
+  any ``(alpha, sigma)``;
 * ``score``: ``grad log p_t(x) = -eps / sigma``.
 
 :func:`to_x0_eps` turns any of them into the pair ``(x0, eps)`` that solvers consume. It never
@@ -33,8 +35,16 @@ def check_prediction(kind: str) -> str:
 def to_x0_eps(pred, x, alpha, sigma, kind: str):
     """``(x0, eps)`` from a model output ``pred`` of type ``kind`` at ``x = alpha x0 + sigma eps``.
 
-    For ``v`` this uses ``x0 = alpha x - sigma v`` and ``eps = sigma x + alpha v``, which hold when
-    ``alpha^2 + sigma^2 = 1`` (VP schedules).
+    For ``v``: ``(x, v)`` is the rotation-and-scaling ``[[alpha, sigma], [-sigma, alpha]]`` of
+    ``(x0, eps)``, whose inverse gives
+
+        x0 = (alpha x - sigma v) / (alpha^2 + sigma^2),
+        eps = (sigma x + alpha v) / (alpha^2 + sigma^2)
+
+    for any schedule. On VP schedules ``alpha^2 + sigma^2 = 1`` and these are the usual
+    ``alpha x - sigma v`` and ``sigma x + alpha v`` (diffusers' ``v_prediction``); on VE / EDM
+    (``alpha = 1``) the factor is ``1 / (1 + sigma^2)``, which the VP-only formulas would miss
+    (they are wrong by up to a factor ``1 + sigma^2``, e.g. 6400 at sigma = 80).
     """
     pred = pred.astype(x.dtype)
     if kind == "eps":
@@ -42,7 +52,8 @@ def to_x0_eps(pred, x, alpha, sigma, kind: str):
     if kind == "x0":
         return pred, (x - alpha * pred) / sigma
     if kind == "v":
-        return alpha * x - sigma * pred, sigma * x + alpha * pred
+        inv = 1.0 / (alpha * alpha + sigma * sigma)
+        return (alpha * x - sigma * pred) * inv, (sigma * x + alpha * pred) * inv
     if kind == "score":
         eps = -sigma * pred
         return (x - sigma * eps) / alpha, eps

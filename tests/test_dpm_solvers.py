@@ -103,9 +103,10 @@ def test_third_order_multistep_steady_state_order(vp, gauss64, predict_x0):
             denoise = make_denoise(model, "eps")
             xs = [gaussian_ode_solution(gauss64, vp, x_T, grid[0], grid[k]) for k in range(3)]
             outs = [denoise(xs[k], g.t[k], g.alpha[k], g.sigma[k])[0 if predict_x0 else 1] for k in range(2)]
-            hist = jnp.stack([jnp.zeros_like(x_T), outs[0], outs[1]])
+            # ring buffer: the output of step j lives in slot j % 3 (slot 2 is written at step 2)
+            hist = jnp.stack([outs[0], outs[1], jnp.zeros_like(x_T)])
             state = MultistepState(x=xs[2], key=jax.random.key(0), hist=hist,
-                                   hist_lam=jnp.stack([g.lam[0] - 1.0, g.lam[0], g.lam[1]]))
+                                   hist_lam=jnp.stack([g.lam[0], g.lam[1], g.lam[0] - 1.0]))
 
             @jax.jit
             def run(state, g):

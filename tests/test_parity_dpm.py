@@ -16,7 +16,9 @@ difference of the final samples, float32):
 * k-diffusion ``sample_dpmpp_2m``, ``sample_dpmpp_2s_ancestral(eta=0)``, ``sample_dpmpp_3m_sde``
   with eta = 0 and with eta = 1 and zero noise, on Karras sigmas = ``dpmpp_2m``, ``dpmpp_2s``,
   ``dpm_solver_multistep(3, solver_type="heun", lower_order_final=False)`` and the same with
-  ``eta=1, s_noise=0``. k-diffusion's denoiser is the exact x0 prediction, so jdiff runs these with
+  ``eta=1, s_noise=0``; ``sample_lms(order=o)``, o = 2, 3, 4 (``kdiff_lms.npz``, written by
+  ``make_lms_fixtures.py``) = ``lms(o)`` (its default order 4 = ``get_solver("lms")``).
+  k-diffusion's denoiser is the exact x0 prediction, so jdiff runs these with
   the testbed's x0 model (``prediction="x0"``). (With the eps model, jdiff's conversion
   ``x0 = (x - sigma eps) / alpha`` at sigma_hat = 157, alpha = 0.0064, multiplies the rounding of
   eps by 157; the 3M differences carry that to the end: up to 2.5e-4 at n = 5, against <= 3e-6
@@ -76,6 +78,7 @@ import jdiff
 from jdiff.grids import check_grid, make_grid
 from jdiff.solvers.dpm_solver import dpm_solver_multistep
 from jdiff.solvers.dpm_solver_single import dpm_solver_singlestep, dpmpp_2s, singlestep_orders
+from jdiff.solvers.lms import lms
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TOL = 1e-4
@@ -89,6 +92,8 @@ ALGOS = ("dpmsolver++", "dpmsolver")
 EH_KINDS = ("euler_karras", "heun_trailing", "heun_karras")
 KD_SAMPLERS = ("dpmpp_2m", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "dpmpp_3m_sde_eta1")
 HAVE_KDIFF = os.path.exists(os.path.join(FIXTURES, "kdiff_dpm.npz"))
+LMS_ORDERS = (2, 3, 4)
+HAVE_LMS = os.path.exists(os.path.join(FIXTURES, "kdiff_lms.npz"))
 
 SCHEDULE = jdiff.schedules.vp_discrete()
 
@@ -110,6 +115,8 @@ KD = {
                                               s_noise=0.0, lower_order_final=False,
                                               reference_d2=True),
 }
+
+LMS = {o: lms(o) for o in LMS_ORDERS}
 
 
 @functools.lru_cache(maxsize=None)
@@ -215,6 +222,11 @@ def jobs(tb: str, n: int):
         for s in KD_SAMPLERS:
             out.append((("kd", f"{s}__n{n}"), KD[s], sigma_grid("kdiff_dpm", f"kd__n{n}__sigmas"),
                         kd[f"kd__{tb}__x_T"], "x0"))
+    if HAVE_LMS:
+        f = fixture("kdiff_lms")
+        for o in LMS_ORDERS:
+            out.append((("lms", f"o{o}__n{n}"), LMS[o],
+                        sigma_grid("kdiff_lms", f"lms__n{n}__sigmas"), f[f"lms__{tb}__x_T"], "x0"))
     return out
 
 
@@ -280,7 +292,8 @@ def cases(*axes):
 
 
 def test_fixture_metadata():
-    names = ["diffusers_dpm", "diffusers_dpm_eulerheun"] + (["kdiff_dpm"] if HAVE_KDIFF else [])
+    names = (["diffusers_dpm", "diffusers_dpm_eulerheun"] + (["kdiff_dpm"] if HAVE_KDIFF else [])
+             + (["kdiff_lms"] if HAVE_LMS else []))
     for name in names:
         f = fixture(name)
         for key in ("diffusers_version", "torch_version", "model_precision"):
@@ -288,8 +301,8 @@ def test_fixture_metadata():
         for tb in TESTBEDS:  # the draws of make_diffusers_fixtures.py
             np.testing.assert_array_equal(f[f"{tb}__noise"],
                                           fixture("diffusers_euler")[f"{tb}__noise"])
-    if HAVE_KDIFF:
-        assert str(fixture("kdiff_dpm")["kdiffusion_version"])
+    for name in ("kdiff_dpm",) * HAVE_KDIFF + ("kdiff_lms",) * HAVE_LMS:
+        assert str(fixture(name)["kdiffusion_version"])
 
 
 def test_multistep_timesteps_are_the_trailing_grid():
@@ -325,6 +338,8 @@ def test_sigma_grids_round_trip():
     keys = [("diffusers_dpm_eulerheun", f"{k}__n{n}__sigmas") for k in EH_KINDS for n in NFES]
     if HAVE_KDIFF:
         keys += [("kdiff_dpm", f"kd__n{n}__sigmas") for n in NFES]
+    if HAVE_LMS:
+        keys += [("kdiff_lms", f"lms__n{n}__sigmas") for n in NFES]
     for name, key in keys:
         grid = sigma_grid(name, key)
         sig = fixture(name)[key].astype(np.float64)
@@ -341,6 +356,8 @@ def test_sigma_grids_round_trip():
     starts = [(eh, f"{k}__n5__sigmas", f"{k}__{{}}__x_T") for k in EH_KINDS]
     if HAVE_KDIFF:
         starts.append((fixture("kdiff_dpm"), "kd__n5__sigmas", "kd__{}__x_T"))
+    if HAVE_LMS:
+        starts.append((fixture("kdiff_lms"), "lms__n5__sigmas", "lms__{}__x_T"))
     for f, sig_key, x_key in starts:
         s = float(f[sig_key][0])
         for tb in TESTBEDS:
@@ -515,3 +532,13 @@ def test_kdiffusion_matches(case):
     err = max_abs(jdiff_f32(tb, n)["kd", f"{sampler}__n{n}"],
                   stored("kdiff_dpm", "kd", tb, f"{sampler}__n{n}"))
     assert err <= TOL, f"k-diffusion {case}: max abs diff {err:.3g}"
+
+
+@pytest.mark.skipif(not HAVE_LMS, reason="kdiff_lms.npz not generated (k-diffusion missing)")
+@pytest.mark.parametrize("case", cases(TESTBEDS, LMS_ORDERS, NFES))
+def test_kdiffusion_lms_matches(case):
+    """k-diffusion's ``sample_lms`` (scipy-quad coefficients) = jdiff's ``lms`` (closed form)."""
+    tb, o, n = case
+    err = max_abs(jdiff_f32(tb, n)["lms", f"o{o}__n{n}"],
+                  stored("kdiff_lms", "lms", tb, f"o{o}__n{n}"))
+    assert err <= TOL, f"k-diffusion sample_lms {case}: max abs diff {err:.3g}"

@@ -345,3 +345,28 @@ def test_lower_order_final_threshold(vp, gauss):
             assert max_abs(run(thr), run(same)) < 1e-12
             other = off if same is on else on
             assert max_abs(run(thr), run(other)) > 1e-8
+
+
+def test_closed_form_vandermonde_solve_equals_linalg_solve():
+    """The rho systems ``sum_k r_k^j rho_k = b_j`` are solved in closed form (Lagrange basis
+    coefficients) instead of ``jnp.linalg.solve``: same solution, float64, sizes 1-4, nodes like
+    UniPC's (negative r_k, and r = 1 for the corrector), including nearly coincident nodes."""
+    from jdiff.solvers.unipc import _solve_vandermonde
+
+    rng = np.random.RandomState(0)
+    with jax.enable_x64(True):
+        for q in (1, 2, 3, 4):
+            for trial in range(20):
+                r = -np.sort(rng.uniform(0.05, 4.0, q))
+                if trial % 2:
+                    r[-1] = 1.0  # the corrector's r_p = 1
+                if trial == 19 and q > 1:
+                    r[1] = r[0] * (1 + 1e-6)  # nearly equal nodes: ill-conditioned, still agrees
+                b = rng.standard_normal(q)
+                R = np.vander(r, q, increasing=True).T  # R[j, k] = r_k^j
+                want = np.linalg.solve(R, b)
+                got = np.asarray([float(v) for v in _solve_vandermonde(
+                    [jnp.float64(v) for v in r], [jnp.float64(v) for v in b])])
+                scale = np.abs(want).max()
+                np.testing.assert_allclose(got, want, rtol=0,
+                                           atol=(1e-6 if trial == 19 else 1e-11) * scale)

@@ -3,8 +3,8 @@
 Canonical names (used by the CLI and :func:`get_solver`): ``ddpm, ddim, euler, euler_ancestral,
 heun``, DPM-Solver (noise form) ``dpm_solver_1/2/3`` (multistep) and ``dpm_solver_1/2/3_single``,
 DPM-Solver++ ``dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, dpmpp_2s, dpmpp_2m_sde, dpmpp_3m_sde``, UniPC
-``unipc_bh1, unipc_bh2`` (UniC after any one-call predictor: :func:`unic`), DEIS ``deis_1/2/3``
-and ``ipndm``.
+``unipc_bh1, unipc_bh2`` (UniC after any one-call predictor: :func:`unic`), DEIS ``deis_1/2/3``,
+``ipndm`` and k-diffusion's linear multistep ``lms``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .dpm_solver import (dpm_solver, dpm_solver_multistep, dpmpp_2m, dpmpp_2m_he
 from .dpm_solver_single import dpm_solver_singlestep, dpmpp_2s
 from .deis_ipndm import DEIS_IPNDM_SOLVERS
 from .heun import heun
+from .lms import LMS_SOLVERS, lms
 from .unipc import UNIPC_SOLVERS, unic, unipc
 
 SOLVERS = {
@@ -38,6 +39,7 @@ SOLVERS = {
     "dpmpp_3m_sde": dpmpp_3m_sde,
     **UNIPC_SOLVERS,
     **DEIS_IPNDM_SOLVERS,
+    **LMS_SOLVERS,
 }
 
 
@@ -62,4 +64,4 @@ def steps_for_nfe(solver: Solver, nfe: int, final_zero: bool = True) -> int:
 __all__ = ["Solver", "State", "GridCoeffs", "grid_coeffs", "SOLVERS", "get_solver", "steps_for_nfe",
            "ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_solver", "dpm_solver_multistep",
            "dpm_solver_singlestep", "dpmpp_2m", "dpmpp_2m_heun", "dpmpp_3m", "dpmpp_2s",
-           "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "unic"]
+           "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "unic", "lms"]

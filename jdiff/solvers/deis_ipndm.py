@@ -4,8 +4,9 @@ Both integrate the probability-flow ODE in the scaled variables of Karras et al.
 
     x_hat = x / alpha,   rho = sigma_hat = sigma / alpha = exp(-lambda),   d x_hat / d rho = eps
 
-with one model call per step, keeping the last few ``eps`` in a fixed-size history buffer
-``hist`` of shape ``(order, *x.shape)`` (``hist[0]`` is the newest). The order used at step ``i``
+with one model call per step, keeping the last few ``eps`` in a fixed-size ring buffer ``hist`` of
+shape ``(order, *x.shape)`` (``hist[j % order]`` holds the ``eps`` of step j; see
+:func:`jdiff.solvers.base.ring_write`). The order used at step ``i``
 is chosen with ``jnp.where``/indexing from the static step count ``n`` and the traced ``i``, so the
 scan body has no ``lax.cond``. Notation: a step goes from ``s0 = t_i`` to ``t = t_{i+1}``;
 ``s1 = t_{i-1}``, ``s2 = t_{i-2}`` are earlier (noisier) grid points whose ``eps`` are in ``hist``.
@@ -91,7 +92,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .base import Solver
+from .base import Solver, ring_push_combine
 
 __all__ = ["DEIS_IPNDM_SOLVERS", "MultistepState", "deis", "ipndm", "deis_coefficients",
            "deis_step_order"]
@@ -101,11 +102,11 @@ _LOF_MAX_STEPS = 15  # diffusers applies lower_order_final only for fewer than 1
 
 
 class MultistepState(NamedTuple):
-    """Sample, PRNG key (unused) and the last ``order`` eps values, newest first."""
+    """Sample, PRNG key (unused) and the last ``order`` eps values in a ring buffer."""
 
     x: jnp.ndarray
     key: Any
-    hist: jnp.ndarray  # (order, *x.shape)
+    hist: jnp.ndarray  # (order, *x.shape); hist[j % order] = eps of step j (zeros if unwritten)
 
 
 def _one_nfe_per_step(n_steps: int, final_zero: bool) -> int:  # noqa: ARG001
@@ -119,16 +120,6 @@ def _init_multistep(order: int):
         return MultistepState(x=x_T, key=key, hist=jnp.zeros((order,) + x_T.shape, x_T.dtype))
 
     return init
-
-
-def _push(hist, eps):
-    """New history with ``eps`` in front (fixed shape: the oldest entry drops out)."""
-    return jnp.concatenate([eps[None].astype(hist.dtype), hist[:-1]], axis=0)
-
-
-def _combine(coeffs, hist):
-    """``sum_j coeffs[j] * hist[j]`` for a history of shape (order, *x.shape)."""
-    return jnp.tensordot(coeffs.astype(hist.dtype), hist, axes=1)
 
 
 def _moments(rho_s0, rho_t, h):
@@ -207,13 +198,13 @@ def deis(order: int = 3, lower_order_final: bool = True, euler_at_zero: bool = T
         n = grid.t.shape[0] - 1
         a_s0 = grid.alpha[i]
         _, eps = denoise(state.x, grid.t[i], a_s0, grid.sigma[i])
-        hist = _push(state.hist, eps)
         k = 1 if (to_zero and euler_at_zero) else deis_step_order(i, n, order, lower_order_final)
         im1 = jnp.maximum(i - 1, 0)
         im2 = jnp.maximum(i - 2, 0)
         c = deis_coefficients(grid.sigma_hat[i + 1], grid.sigma_hat[i], grid.lam[i + 1],
                               grid.lam[i], grid.lam[im1], grid.lam[im2], k, order)
-        x_hat = state.x / a_s0 + _combine(c, hist)
+        hist, comb = ring_push_combine(state.hist, eps, i, c)
+        x_hat = state.x / a_s0 + comb
         return MultistepState(x=grid.alpha[i + 1] * x_hat, key=state.key, hist=hist)
 
     return Solver(
@@ -248,11 +239,11 @@ def ipndm(max_order: int = 4, euler_at_zero: bool = True, name: str | None = Non
     def step(denoise, state, grid, i, to_zero=False):
         a_s0 = grid.alpha[i]
         _, eps = denoise(state.x, grid.t[i], a_s0, grid.sigma[i])
-        hist = _push(state.hist, eps)
         k = 1 if (to_zero and euler_at_zero) else jnp.minimum(max_order, i + 1)
         b = jnp.asarray(table, grid.sigma_hat.dtype)[k - 1]
         d_rho = grid.sigma_hat[i + 1] - grid.sigma_hat[i]
-        x_hat = state.x / a_s0 + d_rho * _combine(b, hist)
+        hist, comb = ring_push_combine(state.hist, eps, i, b)
+        x_hat = state.x / a_s0 + d_rho * comb
         return MultistepState(x=grid.alpha[i + 1] * x_hat, key=state.key, hist=hist)
 
     return Solver(

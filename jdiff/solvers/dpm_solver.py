@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .base import Solver, step_key
+from .base import Solver, ring_read, ring_write, step_key
 
 _SERIES = 0.5  # below |z| < 0.5 use the Taylor series (9 terms: truncation < 1e-11 relative);
 # above it the closed forms lose at most ~25 ulp to cancellation (phi_3 at |z| = 0.5, float32)
@@ -92,10 +92,17 @@ def phi_3(z):
 
 
 class MultistepState(NamedTuple):
+    """Sample, PRNG key and a ring buffer of the last ``order`` model outputs.
+
+    ``hist[j % order]`` is the output of step j and ``hist_lam[j % order]`` the log-SNR at which
+    it was evaluated (:func:`jdiff.solvers.base.ring_write`); before step i the slots of steps
+    i - 1, ..., i - order + 1 are read. Unwritten slots hold zeros and ``lam[0] - 1``.
+    """
+
     x: jnp.ndarray
     key: Any
-    hist: jnp.ndarray  # (order, *x.shape); hist[-1] is the newest model output
-    hist_lam: jnp.ndarray  # (order,) log-SNR at which each was evaluated
+    hist: jnp.ndarray  # (order, *x.shape)
+    hist_lam: jnp.ndarray  # (order,)
 
 
 def multistep_init(order: int):
@@ -112,9 +119,15 @@ def multistep_init(order: int):
     return init
 
 
-def push(state: MultistepState, m, lam):
-    return (jnp.roll(state.hist, -1, axis=0).at[-1].set(m),
-            jnp.roll(state.hist_lam, -1).at[-1].set(lam))
+def push(state: MultistepState, m, lam, i):
+    """Store output ``m`` of step ``i`` (evaluated at log-SNR ``lam``); return the new buffers and
+    the outputs and log-SNRs of steps i - order + 1, ..., i (oldest first, ``m`` last)."""
+    hist = ring_write(state.hist, m, i)
+    hist_lam = ring_write(state.hist_lam, lam, i)
+    k = hist.shape[0]
+    ms = [ring_read(hist, i - j) for j in range(k - 1, 0, -1)] + [m]
+    lams = [ring_read(hist_lam, i - j) for j in range(k - 1, 0, -1)] + [lam]
+    return hist, hist_lam, ms, lams
 
 
 def step_order(order: int, i, n: int, lower_order_final: bool, below: int):
@@ -126,14 +139,18 @@ def step_order(order: int, i, n: int, lower_order_final: bool, below: int):
 
 
 def differences(hist, hist_lam, lam_t, h, k):
-    """(D1, D2) of the module docstring; terms of unused orders are zero (selected, not multiplied)."""
+    """(D1, D2) of the module docstring; terms of unused orders are zero (selected, not multiplied).
+
+    ``hist``, ``hist_lam``: sequences (lists or arrays) of the last 1-3 model outputs and their
+    log-SNRs, oldest first: ``hist[-1] = m0``, ``hist[-2] = m1``, ``hist[-3] = m2``.
+    """
     m0 = hist[-1]
-    if hist.shape[0] < 2:
+    if len(hist) < 2:
         return None, None
     m1 = hist[-2]
     r0 = (lam_t - hist_lam[-2]) / h
     d1_0 = (m0 - m1) / r0
-    if hist.shape[0] < 3:
+    if len(hist) < 3:
         return jnp.where(k >= 2, d1_0, 0.0), None
     m2 = hist[-3]
     r1 = (hist_lam[-2] - hist_lam[-3]) / h
@@ -181,19 +198,19 @@ def dpm_solver_multistep(
         t, a_t, s_t, lam_t = grid.t[i], grid.alpha[i], grid.sigma[i], grid.lam[i]
         a_s, s_s, lam_s = grid.alpha[i + 1], grid.sigma[i + 1], grid.lam[i + 1]
         x0, eps = denoise(state.x, t, a_t, s_t)
-        hist, hist_lam = push(state, x0 if predict_x0 else eps, lam_t)
+        hist, hist_lam, ms, lams = push(state, x0 if predict_x0 else eps, lam_t, i)
         if to_zero:  # sigma_s = 0: the order-1 step's limit is the data prediction
             return MultistepState(x=a_s * x0, key=state.key, hist=hist, hist_lam=hist_lam)
         h = lam_s - lam_t
         k = step_order(order, i, n, lower_order_final, lower_order_final_below)
-        d1, d2 = differences(hist, hist_lam, lam_t, h, k)
+        d1, d2 = differences(ms, lams, lam_t, h, k)
         g = (1.0 + eta) * h
         z = -g if predict_x0 else h
         c1 = phi_1(z)
         c2 = phi_2(z) if solver_type == "heun" else 0.5 * phi_1(z)
         if order == 3:
             c2 = jnp.where(k >= 3, phi_2(z), c2)
-        update = c1 * hist[-1]
+        update = c1 * ms[-1]
         if d1 is not None:
             update = update + c2 * d1
         if d2 is not None:

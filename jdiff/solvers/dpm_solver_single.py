@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .base import Solver, State, init_plain
+from .base import Solver, State, init_plain, ring_read, ring_write
 from .dpm_solver import phi_1, phi_2, phi_3
 
 
@@ -68,8 +68,10 @@ class SinglestepState(NamedTuple):
     x: jnp.ndarray
     key: Any
     x_start: jnp.ndarray  # sample at the start of the current group
-    hist: jnp.ndarray  # (3, *x.shape) newest last
-    hist_lam: jnp.ndarray  # (3,)
+    # ring buffers (.base.ring_write / ring_read) of the outputs of a group: a group of order
+    # <= ``order`` spans at most ``order`` steps, so hist[j % order] is the output of step j
+    hist: jnp.ndarray  # (order, *x.shape)
+    hist_lam: jnp.ndarray  # (order,) log-SNR of each
 
 
 def dpm_solver_singlestep(order: int = 2, *, predict_x0: bool = False, solver_type: str = "midpoint",
@@ -82,8 +84,8 @@ def dpm_solver_singlestep(order: int = 2, *, predict_x0: bool = False, solver_ty
 
     def init(x_T, grid, key):
         return SinglestepState(x=x_T, key=jax.random.key(0) if key is None else key, x_start=x_T,
-                               hist=jnp.zeros((3,) + x_T.shape, x_T.dtype),
-                               hist_lam=jnp.full((3,), grid.lam[0] - 1.0, grid.lam.dtype))
+                               hist=jnp.zeros((order,) + x_T.shape, x_T.dtype),
+                               hist_lam=jnp.full((order,), grid.lam[0] - 1.0, grid.lam.dtype))
 
     def step(denoise, state, grid, i, to_zero=False):
         n = grid.t.shape[0] - 1
@@ -94,34 +96,36 @@ def dpm_solver_singlestep(order: int = 2, *, predict_x0: bool = False, solver_ty
         a_s, s_s, lam_s = grid.alpha[i + 1], grid.sigma[i + 1], grid.lam[i + 1]
         x0, eps = denoise(state.x, t, a_t, s_t)
         m = x0 if predict_x0 else eps
-        hist = jnp.roll(state.hist, -1, axis=0).at[-1].set(m)
-        hist_lam = jnp.roll(state.hist_lam, -1).at[-1].set(lam_t)
+        hist = ring_write(state.hist, m, i)
+        hist_lam = ring_write(state.hist_lam, lam_t, i)
         if to_zero:
             return SinglestepState(x=a_s * x0, key=state.key, x_start=state.x, hist=hist,
                                    hist_lam=hist_lam)
         k = orders[i]
         x_start = jnp.where(k == 1, state.x, state.x_start)
-        lam_g = jnp.where(k == 1, lam_t, jnp.where(k == 2, hist_lam[-2], hist_lam[-3]))
-        m_g = jnp.where(k == 1, hist[-1], jnp.where(k == 2, hist[-2], hist[-3]))
-        a_g = jnp.where(k == 1, a_t, jnp.where(k == 2, grid.alpha[i - 1], grid.alpha[i - 2]))
-        s_g = jnp.where(k == 1, s_t, jnp.where(k == 2, grid.sigma[i - 1], grid.sigma[i - 2]))
+        start = i - k + 1  # the group started at grid point i - k + 1 (>= 0 by the order list)
+        lam_g, m_g = ring_read(hist_lam, start), ring_read(hist, start)
+        a_g, s_g = grid.alpha[start], grid.sigma[start]
         h = lam_s - lam_g
         z = -h if predict_x0 else h
-        # order 2 (group start m_g = hist[-2])
-        r0_2 = (lam_t - lam_g) / h
-        d1_2 = (hist[-1] - m_g) / r0_2
-        c2 = phi_2(z) if solver_type == "heun" else 0.5 * phi_1(z)
-        # order 3 (group start m_g = hist[-3], middle hist[-2])
-        r0 = (lam_t - lam_g) / h
-        r1 = (hist_lam[-2] - lam_g) / h
-        d1_0 = (hist[-2] - m_g) / r1
-        d1_1 = (hist[-1] - m_g) / r0
-        if solver_type == "heun":
-            corr3 = phi_2(z) * (r0 * d1_0 - r1 * d1_1) / (r0 - r1) \
-                + phi_3(z) * 2.0 * (d1_1 - d1_0) / (r0 - r1)
-        else:
-            corr3 = phi_2(z) * d1_1
-        corr = jnp.where(k == 3, corr3, jnp.where(k == 2, c2 * d1_2, 0.0))
+        corr = 0.0
+        if order >= 2:  # order 2 (group start m_g = output of step i - 1)
+            r0_2 = (lam_t - lam_g) / h
+            d1_2 = (m - m_g) / r0_2
+            c2 = phi_2(z) if solver_type == "heun" else 0.5 * phi_1(z)
+            corr = jnp.where(k == 2, c2 * d1_2, corr)
+        if order == 3:  # order 3 (group start m_g = output of step i - 2, middle step i - 1)
+            m_mid, lam_mid = ring_read(hist, i - 1), ring_read(hist_lam, i - 1)
+            r0 = (lam_t - lam_g) / h
+            r1 = (lam_mid - lam_g) / h
+            d1_0 = (m_mid - m_g) / r1
+            d1_1 = (m - m_g) / r0
+            if solver_type == "heun":
+                corr3 = phi_2(z) * (r0 * d1_0 - r1 * d1_1) / (r0 - r1) \
+                    + phi_3(z) * 2.0 * (d1_1 - d1_0) / (r0 - r1)
+            else:
+                corr3 = phi_2(z) * d1_1
+            corr = jnp.where(k == 3, corr3, corr)
         update = phi_1(z) * m_g + corr
         if predict_x0:
             x = (s_s / s_g) * x_start + a_s * h * update

@@ -85,7 +85,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .base import Solver, one_nfe_per_step
+from .base import Solver, lagrange_basis, one_nfe_per_step, ring_read, ring_write
 
 VARIANTS = ("bh1", "bh2")
 DEFAULT_ORDER = 2  # diffusers' UniPCMultistepScheduler default ``solver_order``
@@ -95,7 +95,11 @@ class UniPCState(NamedTuple):
     """State of :func:`unipc` before step i.
 
     x: predictor output at t_i (uncorrected); x_prev: corrected sample at t_{i-1} (x_T at i = 0);
-    hist: (order, *x.shape) model outputs m_{i-1}, m_{i-2}, ..., m_{i-order} (zeros before t_0).
+    hist: (order + 1, *x.shape) ring buffer of the model outputs: ``hist[j % (order + 1)] = m_j``
+    (zeros for j < 0; ``.base.ring_write``). Step i stores m_i first and then reads m_{i-1}, ...,
+    m_{i-order}: with one spare slot the write never touches a slot still to be read, so inside
+    ``lax.scan`` XLA updates the buffer in place (reading m_{i-order} before overwriting its slot
+    made XLA copy the whole buffer every step).
     """
 
     x: jnp.ndarray
@@ -131,15 +135,27 @@ def _b_terms(h, kmax: int, variant: str, predict_x0: bool):
     return h_phi_1, B_h, b
 
 
-def _vandermonde(r):
-    """``R[j, k] = r[k] ** j`` (j, k = 0..len(r)-1) from a list of scalars."""
-    q = len(r)
-    return jnp.stack([jnp.stack([rk**j for rk in r]) for j in range(q)])
+def _solve_vandermonde(r, b):
+    """Solve ``sum_k r_k^j rho_k = b_j`` (j = 0..q-1) for rho, i.e. ``R rho = b`` with
+    ``R[j, k] = r_k^j``, in closed form.
+
+    For any polynomial p of degree < q, ``sum_k rho_k p(r_k) = sum_j p_j b_j``; taking for p the
+    Lagrange basis polynomial ``L_k(x) = prod_{m != k} (x - r_m) / (r_k - r_m)`` (which is 1 at
+    r_k and 0 at the other nodes) gives
+
+        rho_k = sum_j [x^j] L_k(x) b_j,
+
+    e.g. q = 2: ``rho_0 = (b_1 - r_1 b_0) / (r_0 - r_1)``. The systems here are 1x1 to 3x3 with
+    scalar entries; this replaces ``jnp.linalg.solve`` (a LAPACK call per system and step) by a
+    few fused scalar operations. Same solution in exact arithmetic (distinct nodes r_k).
+    """
+    return [sum(p[j] * b[j] for j in range(len(r))) / d for p, d in lagrange_basis(r)]
 
 
 def _pad(v, size, dtype):
-    v = jnp.asarray(v, dtype).reshape(-1)
-    return jnp.concatenate([v, jnp.zeros((size - v.shape[0],), dtype)]) if v.shape[0] < size else v
+    """Stack the scalars ``v`` into a vector of length ``size`` (zero padded)."""
+    v = [jnp.asarray(x, dtype) for x in v]
+    return jnp.stack(v + [jnp.zeros((), dtype)] * (size - len(v)))
 
 
 def _rho_predictor(r, b, k: int, kmax: int, dtype):
@@ -148,9 +164,8 @@ def _rho_predictor(r, b, k: int, kmax: int, dtype):
     if k == 1:
         return jnp.zeros((size,), dtype)
     if k == 2:
-        return _pad(jnp.array([0.5], dtype), size, dtype)
-    R = _vandermonde(r[: k - 1])
-    return _pad(jnp.linalg.solve(R, jnp.stack(b[: k - 1])), size, dtype)
+        return _pad([0.5], size, dtype)
+    return _pad(_solve_vandermonde(r[: k - 1], b[: k - 1]), size, dtype)
 
 
 def _rho_corrector(r, b, k: int, kmax: int, dtype):
@@ -159,16 +174,15 @@ def _rho_corrector(r, b, k: int, kmax: int, dtype):
     if k == 1:
         return jnp.zeros((size,), dtype), jnp.asarray(0.5, dtype)
     one = jnp.ones((), dtype)
-    R = _vandermonde(list(r[: k - 1]) + [one])
-    sol = jnp.linalg.solve(R, jnp.stack(b[:k]))
-    return _pad(sol[:-1], size, dtype), sol[-1]
+    sol = _solve_vandermonde(list(r[: k - 1]) + [one], b[:k])
+    return _pad(sol[:-1], size, dtype), jnp.asarray(sol[-1], dtype)
 
 
 def _bh_update(x, m0, ms, m_t, grid, s0, t, order, kmax: int, variant: str, predict_x0: bool):
     """One UniP (``m_t is None``) or UniC step from grid index ``s0`` to ``t``.
 
-    ``x``: sample at s0 (the corrected one); ``m0``: model output at s0; ``ms``: array
-    (>= kmax - 1, *x.shape) with the outputs at s0 - 1, s0 - 2, ...; ``order``: traced or static
+    ``x``: sample at s0 (the corrected one); ``m0``: model output at s0; ``ms``: sequence of
+    (>= kmax - 1) arrays, the outputs at s0 - 1, s0 - 2, ...; ``order``: traced or static
     int in 1..kmax selecting the candidate coefficients (no lax.cond: every candidate's
     coefficients are a handful of scalars, the tensor update is done once).
     """
@@ -233,11 +247,18 @@ def _check(order, variant, lower_order_final_below):
                          f"got {lower_order_final_below!r}")
 
 
-def _corrected(state, m_t, grid, i, n, order, lof, variant, predict_x0):
-    """UniC at step i: correct x_{t_i} (from x^c_{t_{i-1}}) with the new output m_t; x if i = 0."""
+def _past(hist, i):
+    """``[m_{i-1}, ..., m_{i-order}]`` from the ring buffer of ``order + 1`` slots."""
+    return [ring_read(hist, i - j) for j in range(1, hist.shape[0])]
+
+
+def _corrected(state, past, m_t, grid, i, n, order, lof, variant, predict_x0):
+    """UniC at step i: correct x_{t_i} (from x^c_{t_{i-1}}) with the new output m_t; x if i = 0.
+
+    ``past = _past(hist, i)``: m_{i-1}, ..., m_{i-order}, read after m_i was stored."""
     s0 = jnp.maximum(i - 1, 0)  # at i = 0: a finite dummy step (0 -> 1), discarded below
     c_order = jnp.maximum(_order_at(i - 1, n, order, lof), 1)
-    xc = _bh_update(state.x_prev, state.hist[0], state.hist[1:], m_t, grid, s0, s0 + 1, c_order,
+    xc = _bh_update(state.x_prev, past[0], past[1:], m_t, grid, s0, s0 + 1, c_order,
                     order, variant, predict_x0)
     return _select(i > 0, xc, state.x)
 
@@ -246,7 +267,7 @@ def _init(order):
     def init(x_T, grid, key):  # noqa: ARG001
         if key is None:
             key = jax.random.key(0)
-        hist = jnp.zeros((order,) + x_T.shape, x_T.dtype)
+        hist = jnp.zeros((order + 1,) + x_T.shape, x_T.dtype)
         return UniPCState(x=x_T, key=key, x_prev=x_T, hist=hist)
 
     return init
@@ -294,12 +315,14 @@ def unipc(
         m = x0 if predict_x0 else eps
         if to_zero and predict_x0:
             return state._replace(x=x0)
-        xc = _corrected(state, m, grid, i, n, order, lof, variant, predict_x0) if corrector else state.x
+        hist = ring_write(state.hist, m, i)  # overwrites m_{i-order-1}, no longer needed
+        past = _past(hist, i)
+        xc = (_corrected(state, past, m, grid, i, n, order, lof, variant, predict_x0)
+              if corrector else state.x)
         if to_zero:  # noise form: limit h -> inf of the first-order update
             return state._replace(x=(xc - grid.sigma[i] * eps) / grid.alpha[i])
-        hist = jnp.concatenate([m[None], state.hist[:-1]], axis=0)
         p = _order_at(i, n, order, lof)
-        x_next = _bh_update(xc, m, hist[1:], None, grid, i, i + 1, p, order, variant, predict_x0)
+        x_next = _bh_update(xc, m, past[:-1], None, grid, i, i + 1, p, order, variant, predict_x0)
         return UniPCState(x=x_next, key=state.key, x_prev=xc, hist=hist)
 
     if corrector:
@@ -378,7 +401,7 @@ def unic(
 
     def init(x_T, grid, key):
         inner = predictor.init(x_T, grid, key)
-        hist = jnp.zeros((order,) + x_T.shape, x_T.dtype)
+        hist = jnp.zeros((order + 1,) + x_T.shape, x_T.dtype)
         return UniCState(x=x_T, key=inner.key, x_prev=x_T, hist=hist, inner=inner)
 
     def step(denoise, state, grid, i, to_zero=False):
@@ -386,7 +409,8 @@ def unic(
         lof = lower_order_final and (lower_order_final_below is None or n < lower_order_final_below)
         x0, eps = denoise(state.x, grid.t[i], grid.alpha[i], grid.sigma[i])
         m = x0 if predict_x0 else eps
-        xc = _corrected(state, m, grid, i, n, order, lof, variant, predict_x0)
+        hist = ring_write(state.hist, m, i)
+        xc = _corrected(state, _past(hist, i), m, grid, i, n, order, lof, variant, predict_x0)
 
         if reuse == "x0":
             def cached(x, t, alpha, sigma):  # noqa: ARG001
@@ -396,7 +420,6 @@ def unic(
                 return (x - sigma * eps) / alpha, eps
 
         inner = predictor.step(cached, state.inner._replace(x=xc), grid, i, to_zero)
-        hist = jnp.concatenate([m[None], state.hist[:-1]], axis=0)
         return UniCState(x=inner.x, key=state.key, x_prev=xc, hist=hist, inner=inner)
 
     nominal = min(min(predictor.order, order) + 1, 3)
