@@ -225,14 +225,20 @@ def _check_config(workdir: Path, cfg: RunConfig):
     path.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
 
 
+def _fresh_state(run: Run):
+    """``(optimizer, step-0 TrainState)`` of a run: the start of training and the restore template."""
+    cfg = run.config
+    optimizer = training.make_optimizer(cfg.lr, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+                                        weight_decay=cfg.weight_decay)
+    return optimizer, training.create_train_state(run.init_params(), optimizer, seed=cfg.seed)
+
+
 def train_run(cfg: RunConfig, workdir, progress: bool = True) -> training.FitResult:
     """Train ``cfg`` in ``workdir`` for ``cfg.steps`` steps in total, resuming if checkpoints exist."""
     workdir = Path(workdir)
     _check_config(workdir, cfg)
     run = build_run(cfg)
-    optimizer = training.make_optimizer(cfg.lr, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
-                                        weight_decay=cfg.weight_decay)
-    state = training.create_train_state(run.init_params(), optimizer, seed=cfg.seed)
+    optimizer, state = _fresh_state(run)
     step = training.make_train_step(run.loss_fn, optimizer, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
                                     compute_dtype=jnp.dtype(cfg.compute_dtype) if cfg.compute_dtype else None)
     mesh = training.data_mesh() if (cfg.data_parallel and jax.device_count() > 1) else None
@@ -255,9 +261,7 @@ def load_run(workdir, step: int | None = None):
         raise FileNotFoundError(f"no run configuration at {path}")
     cfg = RunConfig.from_json(json.loads(path.read_text()))
     run = build_run(cfg)
-    optimizer = training.make_optimizer(cfg.lr, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
-                                        weight_decay=cfg.weight_decay)
-    like = training.create_train_state(run.init_params(), optimizer, seed=cfg.seed)
+    _, like = _fresh_state(run)
     checkpointer = training.Checkpointer(workdir / "checkpoints", save_every=cfg.save_every, keep=cfg.keep)
     try:
         restored = (checkpointer.restore(step, like) if step is not None else checkpointer.restore_latest(like))
