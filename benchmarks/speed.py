@@ -217,6 +217,13 @@ def micro_benchmarks(params, model_apply, x, sch, reps):
                                   g.sigma_hat[i], g.sigma_hat[i + 1])), (g, i3)),
         "noise: fold_in + normal, threefry (partitionable, jax default)": (
             jax.jit(noise), (jax.random.key(1), i3)),
+        # where the noise time goes, and the other key implementations jax offers
+        "noise: fold_in + random bits only, threefry": (
+            jax.jit(lambda k, i: jax.random.bits(jax.random.fold_in(k, i), x.shape)),
+            (jax.random.key(1), i3)),
+        "noise: fold_in + normal, rbg keys": (jax.jit(noise), (jax.random.key(1, impl="rbg"), i3)),
+        "noise: fold_in + normal, unsafe_rbg keys": (
+            jax.jit(noise), (jax.random.key(1, impl="unsafe_rbg"), i3)),
     }
     ts = {k: [] for k in progs}
     for f, a in progs.values():
@@ -246,7 +253,8 @@ def history_benchmarks(x, reps, n=50, order=3):
     ``none`` keeps no history (the floor); ``roll`` shifts it (``jnp.roll(h, -1, 0).at[-1].set``,
     as ``jnp.concatenate([m[None], h[:-1]])`` costs the same); ``ring`` writes slot ``i % order``
     with ``lax.dynamic_update_index_in_dim`` and reads slots by index; ``tensordot`` combines the
-    shifted history with ``jnp.tensordot(c, h, 1)`` instead of an unrolled sum.
+    shifted history with ``jnp.tensordot(c, h, 1)`` instead of an unrolled sum; ``noise`` is
+    ``none`` plus the Gaussian draw of a stochastic solver.
     """
     c = jnp.linspace(1.0, 0.5, order)
 
@@ -278,12 +286,15 @@ def history_benchmarks(x, reps, n=50, order=3):
         "ring": ring,
         "tensordot": lambda h, m, i: (lambda h2: (h2, jnp.tensordot(c[::-1], h2, axes=1)))(
             shifted(h, m)),
+        "noise": lambda h, m, i: (h, c[0] * m + jax.random.normal(
+            jax.random.fold_in(jax.random.key(1), i), m.shape, m.dtype)),
     }
     labels = {
         "none": "in-scan step without history (floor)",
         "roll": f"in-scan history of {order}: shift (roll + set) + unrolled sum",
         "ring": f"in-scan history of {order}: ring buffer (dynamic_update_slice) + unrolled sum",
         "tensordot": f"in-scan history of {order}: shift + jnp.tensordot combine",
+        "noise": "in-scan step without history + a noise draw (fold_in + normal, threefry)",
     }
     h0 = jnp.zeros((order,) + x.shape, x.dtype)
     fs = {k: scan(v) for k, v in variants.items()}
@@ -552,11 +563,23 @@ def findings(res):
              f"{max(ratios):.3f}.")
     if res.get("micro"):
         m = res["micro"]
-        noise = [v for k, v in m.items() if k.startswith("noise")]
-        L.append(f"- Drawing the noise of one step (fold_in + normal, {x_shape(res)}) costs "
-                 f"{min(noise) * 1e6:.0f} .. {max(noise) * 1e6:.0f} us as a separate call = "
+        noise = [v for k, v in m.items() if k.startswith("noise: fold_in + normal, threefry")]
+        L.append(f"- Drawing the noise of one step (fold_in + normal, threefry, {x_shape(res)}) "
+                 f"costs {min(noise) * 1e6:.0f} .. {max(noise) * 1e6:.0f} us as a separate call = "
                  f"{100 * min(noise) / mc:.1f} .. {100 * max(noise) / mc:.1f}% of a model call: "
                  "the per-step cost of the stochastic solvers.")
+        other = {k[len("noise: "):]: v for k, v in m.items()
+                 if k.startswith("noise") and not k.startswith("noise: fold_in + normal, threefry")}
+        if other:
+            L.append("- Other noise variants (separate calls): " + "; ".join(
+                f"{k}: {v * 1e6:.0f} us" for k, v in other.items()) + ".")
+        floor = next((v for k, v in m.items() if k.startswith("in-scan step without history (")),
+                     None)
+        in_scan = next((v for k, v in m.items() if k.startswith("in-scan step without history +")),
+                       None)
+        if floor is not None and in_scan is not None:
+            L.append(f"- The same noise draw inside a `lax.scan` adds {(in_scan - floor) * 1e6:.0f} "
+                     f"us per step = {100 * (in_scan - floor) / mc:.1f}% of a model call.")
         hist = {k: v for k, v in m.items() if k.startswith("in-scan")}
         if hist:
             L.append("- Multistep history inside a scan, per step: " + "; ".join(
