@@ -8,8 +8,9 @@ loss is the weighted mean squared error
     L = E_{t, x_0, eps} [ w(t) * mean_d (pred - target)^2 ].
 
 **Weightings** are given as the weight they put on the *data* error ``|x0_hat - x_0|^2`` (the
-common currency: ``|eps_hat - eps|^2 = SNR |x0_hat - x_0|^2`` and, on VP schedules,
-``|v_hat - v|^2 = (1 + SNR) |x0_hat - x_0|^2``, with ``SNR = alpha^2 / sigma^2``) and converted
+common currency: ``|eps_hat - eps|^2 = SNR |x0_hat - x_0|^2`` and
+``|v_hat - v|^2 = ((alpha^2 + sigma^2)^2 / sigma^2) |x0_hat - x_0|^2``, which is
+``(1 + SNR) |x0_hat - x_0|^2`` on VP schedules, with ``SNR = alpha^2 / sigma^2``) and converted
 to a weight on the network's own target, so ``weighting='uniform'`` is the plain MSE of that target:
 
 * ``uniform``: plain MSE of the network's own target (DDPM's "simple" loss for eps);
@@ -99,13 +100,17 @@ def data_weight(weighting: str, log_snr, gamma: float = 5.0, sigma_data: float =
     raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
 
 
-def target_weight(weighting: str, prediction: str, log_snr, gamma: float = 5.0, sigma_data: float = 0.5):
+def target_weight(weighting: str, prediction: str, log_snr, gamma: float = 5.0,
+                  sigma_data: float = 0.5, alpha=None):
     """Weight on the MSE of target ``prediction`` that realises ``weighting`` (data-space weights).
 
     ``log_snr`` is ``lambda = log(alpha / sigma)``; ``SNR = exp(2 lambda)``.
 
-    ``|eps err|^2 = SNR |x0 err|^2`` and ``|v err|^2 = (1 + SNR) |x0 err|^2`` (VP), so the data
-    weight is divided by ``SNR`` resp. ``1 + SNR``.
+    ``|eps err|^2 = SNR |x0 err|^2``, and since ``x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)``
+    on any schedule, ``|v err|^2 = ((alpha^2 + sigma^2)^2 / sigma^2) |x0 err|^2
+    = alpha^2 (2 cosh lambda)^2 |x0 err|^2``, so the data weight is divided by ``SNR`` resp. that
+    factor. ``alpha`` (same shape as ``log_snr``) is needed for ``v`` only; ``None`` means a VP
+    schedule (``alpha^2 = sigmoid(2 lambda)``, where the factor is ``1 + SNR``).
     """
     if weighting == "uniform":
         return jnp.ones_like(log_snr)
@@ -113,7 +118,9 @@ def target_weight(weighting: str, prediction: str, log_snr, gamma: float = 5.0, 
     if prediction == "eps":
         return w * jnp.exp(-2.0 * log_snr)
     if prediction == "v":
-        return w / (1.0 + jnp.exp(2.0 * log_snr))
+        if alpha is None:
+            return w / (1.0 + jnp.exp(2.0 * log_snr))
+        return w / (jnp.square(alpha) * jnp.square(2.0 * jnp.cosh(log_snr)))
     return w
 
 
@@ -141,8 +148,6 @@ def denoising_loss(net_apply: Callable, schedule, config: LossConfig | None = No
     check_parameterization(cfg.parameterization)
     if cfg.weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {cfg.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
-    if cfg.parameterization == "v" and getattr(schedule, "kind", "vp") != "vp":
-        raise ValueError("v-prediction is defined here for VP schedules only (alpha^2 + sigma^2 = 1)")
     if cfg.label_dropout > 0.0 and cfg.null_label is None:
         raise ValueError("label_dropout > 0 needs null_label (the null class index)")
     time_kind = _resolve_time_sampling(schedule, cfg.time_sampling)
@@ -168,7 +173,7 @@ def denoising_loss(net_apply: Callable, schedule, config: LossConfig | None = No
         mse = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)),
                        axis=tuple(range(1, x0.ndim)))
         w = target_weight(cfg.weighting, prediction, schedule.log_snr(t).astype(jnp.float32),
-                          cfg.min_snr_gamma, sigma_data)
+                          cfg.min_snr_gamma, sigma_data, schedule.alpha(t).astype(jnp.float32))
         loss = jnp.mean(w * mse)
         return loss, {"loss": loss, "mse": jnp.mean(mse)}
 

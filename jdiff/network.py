@@ -9,7 +9,7 @@ parameterization   model output                                           sampli
 =================  =====================================================  ==================
 ``eps``            ``F(x_t, c(t))`` predicts eps                           ``eps``
 ``x0``             ``F(x_t, c(t))`` predicts x_0                           ``x0``
-``v``              ``F(x_t, c(t))`` predicts ``v = alpha eps - sigma x0``  ``v`` (VP only)
+``v``              ``F(x_t, c(t))`` predicts ``v = alpha eps - sigma x0``  ``v``
 ``edm``            ``D = c_skip x_hat + c_out F(c_in x_hat, log(s)/4)``    ``x0``
 =================  =====================================================  ==================
 

@@ -20,7 +20,8 @@ def _as(kind, schedule):
 
     def net(params, x, c_noise, y=None, train=False, key=None):
         eps = _eps_net(params, x, c_noise)
-        t = c_noise / 1000.0
+        # invert network.noise_conditioning: 1000 t (VP) or log(sigma) / 4 (sigma schedules)
+        t = schedule.t_of_log_snr(-4.0 * c_noise) if schedule.kind == "sigma" else c_noise / 1000.0
         a = schedule.alpha(t).reshape(-1, 1)
         s = schedule.sigma(t).reshape(-1, 1)
         x0 = (x - s * eps) / a
@@ -30,10 +31,12 @@ def _as(kind, schedule):
 
 
 @pytest.mark.parametrize("weighting", ["snr", "min_snr"])
-@pytest.mark.parametrize("kind", ["x0", "v"])
-def test_weighting_is_defined_on_data_error(kind, weighting):
-    """The same model trained as eps / x0 / v with the same data weighting has the same loss."""
-    sched = schedules.vp_linear()
+@pytest.mark.parametrize("kind,schedule", [("x0", "vp_linear"), ("v", "vp_linear"), ("v", "ve"),
+                                           ("v", "edm")])
+def test_weighting_is_defined_on_data_error(kind, schedule, weighting):
+    """The same model trained as eps / x0 / v with the same data weighting has the same loss
+    (v on VE/EDM too, where alpha^2 + sigma^2 != 1)."""
+    sched = schedules.get_schedule(schedule)
     x = jax.random.normal(jax.random.key(0), (256, 3))
     params, key = {"a": 0.7}, jax.random.key(1)
     ref, _ = losses.denoising_loss(_eps_net, sched, parameterization="eps", weighting=weighting)(params, {"x": x}, key)
@@ -65,6 +68,9 @@ def test_min_snr_weights():
     np.testing.assert_allclose(losses.target_weight("min_snr", "eps", lam), jnp.minimum(snr, 5.0) / snr, rtol=1e-6)
     np.testing.assert_allclose(losses.target_weight("min_snr", "x0", lam), jnp.minimum(snr, 5.0), rtol=1e-6)
     np.testing.assert_allclose(losses.target_weight("min_snr", "v", lam), jnp.minimum(snr, 5.0) / (snr + 1), rtol=1e-6)
+    alpha_vp = jnp.sqrt(snr / (1.0 + snr))  # the general v factor reduces to 1 + SNR on VP
+    np.testing.assert_allclose(losses.target_weight("min_snr", "v", lam, alpha=alpha_vp),
+                               jnp.minimum(snr, 5.0) / (snr + 1), rtol=1e-5)
 
 
 def test_edm_loss_is_unit_weighted_in_network_space():
@@ -123,8 +129,6 @@ def test_bad_configurations_raise():
         losses.denoising_loss(_eps_net, v, parameterization="bogus")
     with pytest.raises(ValueError, match="null_label"):
         losses.denoising_loss(_eps_net, v, label_dropout=0.1)
-    with pytest.raises(ValueError, match="VP"):
-        losses.denoising_loss(_eps_net, schedules.edm(), parameterization="v")
 
 
 def test_model_fn_matches_prediction_conversion():
