@@ -42,7 +42,9 @@ XLA variants (CPU only; ``--xla-variants``), the same programs compiled with dif
 individual dots and reductions: XLA:CPU's YNNPACK library keeps the matmuls and reductions,
 convolutions go to Eigen; equivalent to ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
 -individual_convolution``); ``ynn_off`` (the option empty: no YNNPACK fusions at all, so
-reductions also fall back to XLA's own loops). See the conv study and the profile.
+reductions also fall back to XLA's own loops). See the conv study and the profile. ``bf16`` and
+``bf16_noconv`` are ``default`` and ``ynn_noconv`` with bfloat16 compute (float32 parameters),
+so float32 and bfloat16 are timed side by side in one run.
 
 FLOPs (``--no-flops`` to skip): ``compiled.cost_analysis()["flops"]`` of the fwd, fwd+bwd and
 step programs (XLA counts a multiply-add as 2 FLOPs). Achieved FLOP/s = FLOPs / median time; with
@@ -93,7 +95,10 @@ YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # classified HLO with jaxlib 0.10.2; compiler_options do not accept the "-type" syntax)
 YNN_NOCONV = {"xla_cpu_experimental_ynn_fusion_type":
               "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-XLA_VARIANTS = {"default": None, "ynn_noconv": YNN_NOCONV, "ynn_off": YNN_OFF, "threefry": None}
+XLA_VARIANTS = {"default": None, "ynn_noconv": YNN_NOCONV, "ynn_off": YNN_OFF, "threefry": None,
+                "bf16": None, "bf16_noconv": YNN_NOCONV}
+# variants that also change the model: bfloat16 compute, float32 parameters (as --dtype bfloat16)
+BF16_VARIANTS = ("bf16", "bf16_noconv")
 IMAGE_SIZE = {"cifar10": 32, "digits": 8, "tiny": 8}
 LR, WD = 2e-4, 1e-4
 
@@ -226,10 +231,11 @@ def run_jax(args, cfg, size, batch, variants):
     x0 = jnp.asarray(rng.normal(size=(batch, size, size, cfg.in_channels)), jnp.float32)
     y = (jnp.asarray(rng.integers(0, cfg.num_classes, batch), jnp.int32)
          if cfg.num_classes else None)
-    loss_fn, vg_fn, step_fn, opt = jax_programs(model, schedule, batch)
     progs, info, compiled_by = {}, {}, {}
     for v in variants:
         opts = XLA_VARIANTS[v]
+        v_model = UNet(dataclasses.replace(cfg, dtype=jnp.bfloat16)) if v in BF16_VARIANTS else model
+        loss_fn, vg_fn, step_fn, opt = jax_programs(v_model, schedule, batch)
         impl = "threefry2x32" if v == "threefry" else args.prng
         keys = list(jax.random.split(jax.random.key(0, impl=impl), args.reps + 2))
         params = jax.tree_util.tree_map(jnp.copy, params0)
@@ -759,6 +765,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="default 4 on CPU, 128 on GPU")
     p.add_argument("--num-classes", type=int, default=10, help="0: unconditional")
     p.add_argument("--ch", type=int, default=None, help="override the preset's base channels")
+    p.add_argument("--model-kwargs", default=None,
+                   help='JSON of UNetConfig overrides, e.g. \'{"num_res_blocks": 1, "dropout": 0.0}\' '
+                   "(the laptop preset of experiments/cifar10_sampling.py)")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per program")
     p.add_argument("--prng", default="rbg", choices=["rbg", "threefry2x32", "unsafe_rbg"],
                    help="JAX PRNG of the step's noise, times and dropout masks")
@@ -766,7 +775,8 @@ def main(argv=None):
     p.add_argument("--frameworks", default="jax,torch")
     p.add_argument("--xla-variants", default=None,
                    help="comma list of default, ynn_noconv, ynn_off, threefry (default XLA with "
-                   "threefry keys instead of --prng) (CPU default: default,ynn_noconv,ynn_off; "
+                   "threefry keys instead of --prng), bf16, bf16_noconv (bfloat16 compute) "
+                   "(CPU default: default,ynn_noconv,ynn_off; "
                    "GPU: default)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (e.g. 989 bf16 H100)")
     p.add_argument("--no-flops", dest="flops", action="store_false")
@@ -802,6 +812,8 @@ def main(argv=None):
                      dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
     if args.ch:
         overrides["ch"] = args.ch
+    if args.model_kwargs:
+        overrides.update(json.loads(args.model_kwargs))
     cfg = PRESETS[args.preset](**overrides)
     size = IMAGE_SIZE[args.preset]
     command = "python benchmarks/train_speed.py" + ("" if argv is None and len(sys.argv) == 1
