@@ -221,6 +221,83 @@ def test_data_parallel_on_four_cpu_devices_matches_one_device(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+MULTIHOST_WORKER = r"""
+import json, sys
+import jax
+pid, port, workdir, steps = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from jdiff.training import initialize_distributed
+initialize_distributed(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+import numpy as np
+from jdiff.run import RunConfig, train_run
+assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
+cfg = RunConfig(data="mix2d", model="mlp", mlp_features=64, mlp_depth=2, batch_size=64, steps=steps,
+                save_every=4, log_every=4, lr=1e-3, warmup_steps=0)
+res = train_run(cfg, workdir, progress=False)
+leaves = jax.tree_util.tree_leaves(res.state.params)
+print("RESULT " + json.dumps({"resumed_from": res.resumed_from, "step": int(res.state.step),
+      "sharding": str(leaves[0].sharding), "loss": {h["step"]: h["loss"] for h in res.history},
+      "params": [np.asarray(x.addressable_data(0)).ravel().tolist() for x in leaves]}))
+"""
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _two_processes(workdir, steps):
+    """Run MULTIHOST_WORKER as processes 0 and 1 (2 CPU devices each) on one work directory."""
+    # Output goes to files, not pipes: at exit each process waits for the other (jax.distributed
+    # shutdown barrier), so a process blocked on a full pipe would hang both.
+    port, env = str(_free_port()), _env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    logs = [(workdir.parent / f"{workdir.name}_{steps}_{i}.out", workdir.parent / f"{workdir.name}_{steps}_{i}.err")
+            for i in range(2)]
+    procs = []
+    for i, (out, err) in enumerate(logs):
+        with open(out, "w") as fo, open(err, "w") as fe:
+            procs.append(subprocess.Popen([sys.executable, "-c", MULTIHOST_WORKER, str(i), port, str(workdir),
+                                           str(steps)], env=env, stdout=fo, stderr=fe))
+    try:
+        for proc in procs:
+            proc.wait(timeout=300)
+    finally:
+        for proc in procs:
+            proc.kill()
+    results = []
+    for proc, (out, err) in zip(procs, logs):
+        assert proc.returncode == 0, err.read_text()[-3000:]
+        results.append(json.loads(next(l for l in out.read_text().splitlines() if l.startswith("RESULT "))[7:]))
+    return results
+
+
+def test_two_process_training_with_resume_matches_one_device(tmp_path):
+    """Multi-host path: two processes joined by jax.distributed (gloo collectives on CPU), each
+    feeding its half of every batch to a 4-device mesh, checkpointing into one shared directory;
+    a second launch resumes. Losses and parameters equal a single-device run of the same config."""
+    first = _two_processes(tmp_path / "mh", 8)
+    second = _two_processes(tmp_path / "mh", 12)
+    cfg = RunConfig(data="mix2d", model="mlp", mlp_features=64, mlp_depth=2, batch_size=64, steps=12,
+                    save_every=1000, log_every=4, lr=1e-3, warmup_steps=0, data_parallel=False)
+    ref = train_run(cfg, tmp_path / "ref", progress=False)
+    ref_loss = {h["step"]: h["loss"] for h in ref.history}
+    ref_params = [np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(ref.state.params)]
+    for res in first + second:
+        assert "NamedSharding" in res["sharding"] and "'data': 4" in res["sharding"]
+    assert [r["step"] for r in first + second] == [8, 8, 12, 12]
+    assert [r["resumed_from"] for r in second] == [8, 8]
+    assert sorted(int(k) for k in first[0]["loss"]) == [4, 8] and list(second[0]["loss"]) == ["12"]
+    for res in first + second:
+        for step, loss in res["loss"].items():
+            np.testing.assert_allclose(loss, ref_loss[int(step)], rtol=1e-5, err_msg=f"step {step}")
+    for res in second:
+        for a, b in zip(res["params"], ref_params):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_resume_rejects_changed_configuration(tmp_path):
     cfg = RunConfig(data="mix2d", model="mlp", mlp_features=32, mlp_depth=1, batch_size=16, steps=2,
                     save_every=1, log_every=1)
