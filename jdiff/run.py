@@ -49,6 +49,7 @@ class RunConfig:
     batch_size: int = 128
     lr: float = 2e-4
     warmup_steps: int = 100
+    lr_decay: str = "constant"  # after warm-up: 'constant', or 'cosine' to 0 at step `steps`
     grad_clip: float | None = 1.0
     weight_decay: float = 0.0
     ema_decay: float = 0.999
@@ -225,10 +226,22 @@ def _check_config(workdir: Path, cfg: RunConfig):
     path.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
 
 
+LR_DECAYS = ("constant", "cosine")
+
+
+def run_learning_rate(cfg: RunConfig):
+    """The run's learning-rate schedule: linear warm-up to ``lr``, then constant or a cosine decay
+    reaching 0 at step ``steps`` (so extending a finished cosine run changes its schedule)."""
+    if cfg.lr_decay not in LR_DECAYS:
+        raise ValueError(f"unknown lr_decay {cfg.lr_decay!r}; valid: {', '.join(LR_DECAYS)}")
+    decay_steps = max(cfg.steps - cfg.warmup_steps, 1) if cfg.lr_decay == "cosine" else None
+    return training.learning_rate_schedule(cfg.lr, cfg.warmup_steps, decay_steps)
+
+
 def _fresh_state(run: Run):
     """``(optimizer, step-0 TrainState)`` of a run: the start of training and the restore template."""
     cfg = run.config
-    optimizer = training.make_optimizer(cfg.lr, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+    optimizer = training.make_optimizer(run_learning_rate(cfg), grad_clip=cfg.grad_clip,
                                         weight_decay=cfg.weight_decay)
     return optimizer, training.create_train_state(run.init_params(), optimizer, seed=cfg.seed)
 

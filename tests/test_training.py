@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jdiff import training
-from jdiff.run import RunConfig, build_run, load_run, train_run
+from jdiff.run import RunConfig, build_run, load_run, run_learning_rate, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -306,6 +306,17 @@ def test_resume_rejects_changed_configuration(tmp_path):
     assert res.resumed_from == 2 and int(res.state.step) == 4
     with pytest.raises(ValueError, match="different configuration"):
         train_run(dataclasses.replace(cfg, lr=1.0), tmp_path, progress=False)
+
+
+def test_run_learning_rate_constant_or_cosine_to_zero_at_the_last_step():
+    cfg = RunConfig(lr=1e-3, warmup_steps=10, steps=110)
+    const = run_learning_rate(cfg)
+    cos = run_learning_rate(dataclasses.replace(cfg, lr_decay="cosine"))
+    np.testing.assert_allclose([float(const(s)) for s in (5, 10, 110)], [5e-4, 1e-3, 1e-3], rtol=1e-6)
+    np.testing.assert_allclose([float(cos(s)) for s in (5, 10, 60, 110)], [5e-4, 1e-3, 5e-4, 0.0],
+                               rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="lr_decay"):
+        run_learning_rate(dataclasses.replace(cfg, lr_decay="linear"))
 
 
 def test_run_config_errors_are_clear():
