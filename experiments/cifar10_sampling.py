@@ -14,10 +14,16 @@ Steps:
    ``.npz`` in pytorch-fid's state-dict layout, see ``scripts/convert_inception_weights.py``) the
    Inception-v3 pool_3 distance is computed as well.
 3. Reference statistics from the training images; baselines: the held-out test split (the
-   distance a perfect model would reach with as many samples) and Gaussian noise.
+   distance a perfect model would reach with as many samples) and Gaussian noise. With
+   ``--repeats R`` also the spread of that baseline: the pooled train + test images re-split R
+   times at random and R times stratified by class, held-out part vs the rest. The test split is
+   stratified; an unconditional model's samples have random class proportions, which in a
+   classifier's feature space move the mean, so the random re-splits are its fair comparator.
 4. Sample ``--n-samples`` images (default: as many as the test split, so sample and test
    distances have the same small-sample bias) with every solver and NFE from the same initial
-   noise, using the EMA parameters, and write to ``--out``: ``results.json`` (everything),
+   noise (``--repeats R``: R such sets, mean ± standard deviation reported), using the EMA
+   parameters (class-conditional runs: balanced labels ``i % K``, no guidance), and write to
+   ``--out``: ``results.json`` (everything),
    ``fd_table.md`` (best solver per NFE in bold), ``fd_vs_nfe.png``, ``samples_<solver>_nfe<k>.png``,
    ``data_train.png``.
 
@@ -42,7 +48,7 @@ import numpy as np
 import jdiff
 from jdiff import metrics
 from jdiff.cli import add_run_config_args
-from jdiff.data import from_model_range, to_model_range
+from jdiff.data import from_model_range, stratified_split, to_model_range
 from jdiff.plotting import save_image_grid
 from jdiff.run import RunConfig, load_image_data, load_run, train_run
 from jdiff.solvers import get_solver, steps_for_nfe
@@ -52,8 +58,8 @@ from jdiff.solvers import get_solver, steps_for_nfe
 # an accelerator (35.7M parameters, batch 128, lr 2e-4 with 5k warm-up, EMA 0.9999).
 CONFIGS = {
     "laptop": dict(data="digits", model="unet_digits", model_kwargs='{"num_res_blocks": 1, "dropout": 0.0}',
-                   steps=1800, batch_size=128, lr=2e-3, warmup_steps=200, ema_decay=0.999, save_every=500,
-                   log_every=50),
+                   conditional=True, steps=4000, batch_size=128, lr=2e-3, warmup_steps=200, ema_decay=0.999,
+                   save_every=500, log_every=50),
     "cifar10_16": dict(data="cifar10:{path}@16", model="unet_digits", steps=20000, batch_size=128, lr=5e-4,
                        warmup_steps=500, ema_decay=0.9995, save_every=1000, log_every=100),
     "cifar10": dict(data="cifar10:{path}", model="unet_cifar10", steps=400000, batch_size=128, lr=2e-4,
@@ -79,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--feature-steps", type=int, default=2000, help="training steps of the own feature network")
     p.add_argument("--inception", default=None, help="Inception-v3 weights .npz (pytorch-fid layout)")
     p.add_argument("--sample-seed", type=int, default=1234)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="sample sets per solver and NFE, each from new initial noise; the tables give "
+                        "the mean Frechet distance and its standard deviation over them")
     p.add_argument("--quiet", action="store_true")
     overrides = p.add_argument_group("run configuration overrides (jdiff.run.RunConfig)")
     add_run_config_args(overrides)
@@ -114,14 +123,21 @@ def feature_network(workdir: Path, train_ds, test_ds, steps: int, log):
     return res.model, res.params, info
 
 
-def markdown_table(rows, solvers, nfes, baselines, label, command):
+def markdown_table(rows, solvers, nfes, baselines, label, command, spread=None):
     lines = ["# Frechet distance vs solver and NFE", "", f"{label}. Lower is better; best per NFE in bold "
              "(deterministic solvers).", "", f"Command: `{command}`", ""]
+    runs = next((len(r["fd_runs"]) for r in rows if r.get("fd_runs")), 1)
+    if runs > 1:
+        lines += [f"Each cell: mean ± standard deviation over {runs} sample sets, each from new initial "
+                  "noise (the same noises for every solver and NFE).", ""]
     lines += table_lines(rows, solvers, nfes, "fd", "FD of samples vs the training images")
     lines += [""] + table_lines(rows, solvers, nfes, "fd_vs_test", "FD of samples vs the held-out test images")
     lines += ["", "Baselines (same feature network; a perfect model's samples would score like the other split):", ""]
     for k, v in baselines.items():
         lines.append(f"- {k}: {v:.3f}")
+    for k, v in (spread or {}).items():
+        lines.append(f"- {k}: {v['mean']:.3f} ± {v['std']:.2f} over {len(v['runs'])} re-splits "
+                     f"({', '.join(f'{x:.2f}' for x in v['runs'])})")
     return "\n".join(lines) + "\n"
 
 
@@ -139,10 +155,10 @@ def table_lines(rows, solvers, nfes, key, title):
             r = next((r for r in rows if r["solver"] == s and r["nfe_budget"] == n), None)
             if r is None:
                 cells.append("n/a")
-            elif r[key] == best[n]:
-                cells.append(f"**{r[key]:.3f}**")
             else:
-                cells.append(f"{r[key]:.3f}")
+                std = r.get(key + "_std")
+                cell = f"{r[key]:.3f}" + (f" ± {std:.2f}" if std is not None else "")
+                cells.append(f"**{cell}**" if r[key] == best[n] else cell)
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return lines
 
@@ -155,9 +171,10 @@ def plot_fd(rows, solvers, nfes, baselines, path, label):
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for s in solvers:
-        pts = sorted((r["nfe"], r["fd"]) for r in rows if r["solver"] == s)
+        pts = sorted((r["nfe"], r["fd"], r.get("fd_std") or 0.0) for r in rows if r["solver"] == s)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=s)
+            nfe, fd, std = zip(*pts)
+            ax.errorbar(nfe, fd, yerr=std if any(std) else None, marker="o", capsize=2, label=s)
     if "test split vs train" in baselines:
         ax.axhline(baselines["test split vs train"], color="k", ls="--", lw=1, label="test split")
     ax.set_xlabel("NFE")
@@ -213,12 +230,41 @@ def main(argv=None) -> int:
         noise_stats = stats_of(k, noise_images)
         baselines["Gaussian noise images vs train" + tag] = metrics.frechet_distance_from_stats(noise_stats, ref[k])
         baselines["Gaussian noise images vs test" + tag] = metrics.frechet_distance_from_stats(noise_stats, ref_test[k])
+    baseline_spread = {}
+    if args.repeats > 1:
+        # The spread of the 'test split vs train' baseline: re-split the pooled train + test images
+        # at random into the same two sizes, `repeats` times, and take the distance of the held-out
+        # part to the rest. (The feature network saw the original training images, so this is an
+        # approximation of a perfect model's spread, not an exact one.)
+        # Unstratified re-splits leave the class proportions of the held-out part random, as in the
+        # samples of an unconditional model; stratified ones fix them, as in the test split.
+        pool = np.concatenate([to_model_range(train_ds.images), to_model_range(test_ds.images)])
+        pool_labels = np.concatenate([train_ds.labels, test_ds.labels])
+        n_train = len(train_ds)
+        perm_rng = np.random.default_rng(args.sample_seed)
+        splits = {"random": [], "stratified": []}
+        for r in range(args.repeats):
+            perm = perm_rng.permutation(len(pool))
+            splits["random"].append((perm[:n_train], perm[n_train:]))
+            splits["stratified"].append(stratified_split(pool_labels, len(test_ds) / len(pool),
+                                                         seed=args.sample_seed + r))
+        for k in extractors:
+            tag = "" if k == "own" else f" [{k}]"
+            for kind, pairs in splits.items():
+                vals = [metrics.frechet_distance_from_stats(stats_of(k, pool[held]), stats_of(k, pool[rest]))
+                        for rest, held in pairs]
+                baseline_spread[f"{kind} re-splits of train + test: held-out vs rest" + tag] = {
+                    "mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)), "runs": vals}
     log("baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()))
     save_image_grid(out / "data_train.png", train_ds.images[:64], 8, scale=4 if shape[0] <= 16 else 2)
 
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
     nfes = [int(v) for v in args.nfe.split(",")]
-    z = jax.random.normal(jax.random.key(args.sample_seed), (n,) + shape, jnp.float32)
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    # repeat r draws its initial noise from seed sample_seed + r (r = 0 is the single-run default)
+    zs = [jax.random.normal(jax.random.key(args.sample_seed + r), (n,) + shape, jnp.float32)
+          for r in range(args.repeats)]
     labels = (jnp.arange(n) % run.num_classes).astype(jnp.int32) if run.config.conditional else None
     sched = run.schedule
     rows = []
@@ -231,25 +277,36 @@ def main(argv=None) -> int:
                 log(f"skip {name} at NFE {budget}: {err}")
                 continue
             grid = jdiff.grids.make_grid(sched, args.grid, steps)
-            x_T = jdiff.init_noise(sched, grid[0], z)
             t1 = time.perf_counter()
-            chunks = []
-            for i in range(0, n, args.sample_batch):
-                sl = slice(i, i + args.sample_batch)
-                model_fn = run.model_fn(params, None if labels is None else labels[sl])
-                key = jax.random.fold_in(jax.random.key(args.sample_seed + 1), i)
-                x = jdiff.sample(model_fn, sched, solver, grid, x_T[sl], key, prediction=run.prediction)
-                chunks.append(np.asarray(jnp.clip(x, -1.0, 1.0)))
-            samples = np.concatenate(chunks)
+            fds: dict = {}
+            finite = True
+            for r, z in enumerate(zs):
+                x_T = jdiff.init_noise(sched, grid[0], z)
+                chunks = []
+                for i in range(0, n, args.sample_batch):
+                    sl = slice(i, i + args.sample_batch)
+                    model_fn = run.model_fn(params, None if labels is None else labels[sl])
+                    key = jax.random.fold_in(jax.random.key(args.sample_seed + 1 + 7919 * r), i)
+                    x = jdiff.sample(model_fn, sched, solver, grid, x_T[sl], key, prediction=run.prediction)
+                    chunks.append(np.asarray(jnp.clip(x, -1.0, 1.0)))
+                samples = np.concatenate(chunks)
+                finite = finite and bool(np.isfinite(samples).all())
+                if r == 0:
+                    first = samples  # the grid PNG shows the first repeat
+                for k in extractors:
+                    st = stats_of(k, samples)
+                    suffix = "" if k == "own" else f"_{k}"
+                    fds.setdefault("fd" + suffix, []).append(metrics.frechet_distance_from_stats(st, ref[k]))
+                    fds.setdefault("fd_vs_test" + suffix, []).append(
+                        metrics.frechet_distance_from_stats(st, ref_test[k]))
+            samples = first
             seconds = time.perf_counter() - t1
             row = {"solver": name, "nfe_budget": budget, "nfe": jdiff.nfe(solver, grid), "steps": steps,
-                   "stochastic": bool(solver.stochastic), "seconds": round(seconds, 2),
-                   "finite": bool(np.isfinite(samples).all())}
-            for k in extractors:
-                st = stats_of(k, samples)
-                suffix = "" if k == "own" else f"_{k}"
-                row["fd" + suffix] = metrics.frechet_distance_from_stats(st, ref[k])
-                row["fd_vs_test" + suffix] = metrics.frechet_distance_from_stats(st, ref_test[k])
+                   "stochastic": bool(solver.stochastic), "seconds": round(seconds, 2), "finite": finite}
+            for key_name, vals in fds.items():
+                row[key_name] = float(np.mean(vals))
+                row[key_name + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+                row[key_name + "_runs"] = vals
             rows.append(row)
             save_image_grid(out / f"samples_{name}_nfe{budget}.png", from_model_range(samples[:64]), 8,
                             scale=4 if shape[0] <= 16 else 2)
@@ -257,13 +314,14 @@ def main(argv=None) -> int:
                 f"  ({seconds:.1f} s)")
 
     label = metrics.OWN_FEATURE_LABEL
-    table = markdown_table(rows, solvers, nfes, {k: v for k, v in baselines.items()}, label, command)
+    table = markdown_table(rows, solvers, nfes, {k: v for k, v in baselines.items()}, label, command,
+                           baseline_spread)
     (out / "fd_table.md").write_text(table)
     plot_fd(rows, solvers, nfes, baselines, out / "fd_vs_nfe.png", label)
     result = {"command": command, "config": cfg.to_json(), "workdir": str(workdir), "n_samples": n,
               "grid": args.grid, "train_seconds_this_call": round(train_seconds, 1),
               "train_steps": int(state.step), "final_train_loss": history[-1].get("loss") if history else None,
-              "feature_net": finfo, "baselines": baselines, "rows": rows, "label": label,
+              "feature_net": finfo, "baselines": baselines, "baseline_spread": baseline_spread, "rows": rows, "label": label,
               "devices": [str(d) for d in jax.devices()]}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     log(table)

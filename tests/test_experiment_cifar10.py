@@ -24,6 +24,15 @@ def test_experiment_runs_end_to_end_on_digits(tmp_path):
     assert base["test split vs train"] < 0.2 * base["Gaussian noise images vs train"]
     for name in ("fd_table.md", "fd_vs_nfe.png", "samples_ddim_nfe5.png", "data_train.png"):
         assert (tmp_path / "run" / "sampling" / name).stat().st_size > 0
-    # resuming with more steps continues the same run
-    out = subprocess.run(cmd[:-1] + ["--quiet", "--no-train"], capture_output=True, text=True, timeout=900)
+    # sampling again from the trained run, with two noise sets per cell and the baseline spread
+    out = subprocess.run(cmd + ["--no-train", "--repeats", "2", "--nfe", "5"], capture_output=True, text=True,
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "sampling" / "results.json").read_text())
+    assert len(res["rows"]) == 2
+    for r in res["rows"]:
+        assert len(r["fd_runs"]) == 2 and r["fd"] == pytest.approx(sum(r["fd_runs"]) / 2)
+        assert r["fd_std"] > 0 and r["fd_runs"][0] != r["fd_runs"][1]
+    assert {k.split(" ")[0] for k in res["baseline_spread"]} == {"random", "stratified"}
+    assert all(len(v["runs"]) == 2 for v in res["baseline_spread"].values())
+    assert "±" in (tmp_path / "run" / "sampling" / "fd_table.md").read_text()
