@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -223,7 +224,10 @@ def _check_config(workdir: Path, cfg: RunConfig):
             raise ValueError(f"{workdir} holds a run with a different configuration ({', '.join(diff)}); "
                              "use a new work directory")
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+    if jax.process_index() == 0:  # one writer, and atomic: other processes may be reading it
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        os.replace(tmp, path)
 
 
 LR_DECAYS = ("constant", "cosine")
