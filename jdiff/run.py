@@ -13,7 +13,9 @@ of :func:`train_run`; ``experiments/cifar10_sampling.py`` builds on it.
 Data sources (``data``): a built-in testbed name (``mix2d``, ``mix16d``...: exact mixture samples,
 fresh for every step), ``digits`` (scikit-learn's 8x8 digits, train split), ``cifar10:PATH``
 (``cifar-10-batches-py`` directory, a batch pickle or an ``.npz``; add ``@16`` for 2x mean-pooled
-16x16 images, e.g. ``cifar10:data/cifar-10-batches-py@16``).
+16x16 images, e.g. ``cifar10:data/cifar-10-batches-py@16``). The official directory gives the
+official train / test batches; a single file has no test split of its own, so it is split
+80 / 20, stratified by class (:func:`jdiff.data.stratified_split`, seed 0), into train and test.
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ def _split_data_spec(spec: str):
     return kind, rest
 
 
+SINGLE_FILE_TEST_FRACTION = 0.2
+
+
 def load_image_data(spec: str, split: str = "train"):
     """ImageDataset for ``digits`` or ``cifar10:PATH[@RES]`` (see the module docstring)."""
     from . import data as jdata
@@ -131,7 +136,14 @@ def load_image_data(spec: str, split: str = "train"):
         if not rest:
             raise ValueError("cifar10 data needs a path: cifar10:PATH[@16]")
         path, _, res = rest.partition("@")
-        ds = jdata.load_cifar10(path, split=split)
+        if Path(path).expanduser().is_dir():
+            ds = jdata.load_cifar10(path, split=split)
+        else:  # one file: hold out a stratified 20% as the test split
+            if split not in ("train", "test"):
+                raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            ds = jdata.load_cifar10(path)
+            train_idx, test_idx = jdata.stratified_split(ds.labels, SINGLE_FILE_TEST_FRACTION, seed=0)
+            ds = ds.take(train_idx if split == "train" else test_idx, name=f"{ds.name}[{split}]")
         if res:
             factor = 32 // int(res)
             if factor * int(res) != 32:

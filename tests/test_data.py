@@ -584,3 +584,23 @@ def test_shared_cifar10_test_batch():
         assert rmse < 12.0
     x, y = BatchSampler(data.downsample(ds, 2), 256, seed=0).batch(0)
     assert x.shape == (256, 16, 16, 3) and y.shape == (256,)
+
+
+def test_run_data_from_one_file_is_split_into_disjoint_stratified_train_and_test(tmp_path):
+    """A single CIFAR file has no test split: the run holds out 20% per class (seed 0)."""
+    from jdiff.run import load_image_data
+
+    rng = np.random.default_rng(5)
+    imgs = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    imgs[:, 0, 0, 0] = np.arange(100)  # a unique id per image
+    labels = np.repeat(np.arange(10), 10)
+    np.savez(tmp_path / "one.npz", data=imgs, labels=labels.astype(np.uint8))
+    train = load_image_data(f"cifar10:{tmp_path / 'one.npz'}", "train")
+    test = load_image_data(f"cifar10:{tmp_path / 'one.npz'}@16", "test")
+    assert len(train) == 80 and test.images.shape == (20, 16, 16, 3)
+    ids_train = set(train.images[:, 0, 0, 0].tolist())
+    ids_test = set(load_image_data(f"cifar10:{tmp_path / 'one.npz'}", "test").images[:, 0, 0, 0].tolist())
+    assert not ids_train & ids_test and len(ids_train | ids_test) == 100
+    np.testing.assert_array_equal(np.bincount(test.labels, minlength=10), np.full(10, 2))
+    with pytest.raises(ValueError, match="split"):
+        load_image_data(f"cifar10:{tmp_path / 'one.npz'}", "valid")
