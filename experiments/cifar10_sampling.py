@@ -292,14 +292,13 @@ def main(argv=None) -> int:
                 samples = np.concatenate(chunks)
                 finite = finite and bool(np.isfinite(samples).all())
                 if r == 0:
-                    first = samples  # the grid PNG shows the first repeat
+                    grid_samples = samples  # the PNG grid shows the first noise set
                 for k in extractors:
                     st = stats_of(k, samples)
                     suffix = "" if k == "own" else f"_{k}"
                     fds.setdefault("fd" + suffix, []).append(metrics.frechet_distance_from_stats(st, ref[k]))
                     fds.setdefault("fd_vs_test" + suffix, []).append(
                         metrics.frechet_distance_from_stats(st, ref_test[k]))
-            samples = first
             seconds = time.perf_counter() - t1
             row = {"solver": name, "nfe_budget": budget, "nfe": jdiff.nfe(solver, grid), "steps": steps,
                    "stochastic": bool(solver.stochastic), "seconds": round(seconds, 2), "finite": finite}
@@ -308,7 +307,7 @@ def main(argv=None) -> int:
                 row[key_name + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
                 row[key_name + "_runs"] = vals
             rows.append(row)
-            save_image_grid(out / f"samples_{name}_nfe{budget}.png", from_model_range(samples[:64]), 8,
+            save_image_grid(out / f"samples_{name}_nfe{budget}.png", from_model_range(grid_samples[:64]), 8,
                             scale=4 if shape[0] <= 16 else 2)
             log(f"{name:>12s} NFE {row['nfe']:>3d}: FD vs train {row['fd']:.3f}, vs test {row['fd_vs_test']:.3f}"
                 f"  ({seconds:.1f} s)")

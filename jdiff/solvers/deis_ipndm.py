@@ -92,7 +92,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .base import Solver, ring_push_combine
+from .base import Solver, one_nfe_per_step, ring_push_combine
 
 __all__ = ["DEIS_IPNDM_SOLVERS", "MultistepState", "deis", "ipndm", "deis_coefficients",
            "deis_step_order"]
@@ -109,11 +109,8 @@ class MultistepState(NamedTuple):
     hist: jnp.ndarray  # (order, *x.shape); hist[j % order] = eps of step j (zeros if unwritten)
 
 
-def _one_nfe_per_step(n_steps: int, final_zero: bool) -> int:  # noqa: ARG001
-    return n_steps
-
-
-def _init_multistep(order: int):
+def init_multistep(order: int):
+    """``init`` of a solver keeping the last ``order`` eps values (:class:`MultistepState`)."""
     def init(x_T, grid, key):  # noqa: ARG001
         if key is None:
             key = jax.random.key(0)
@@ -209,9 +206,9 @@ def deis(order: int = 3, lower_order_final: bool = True, euler_at_zero: bool = T
 
     return Solver(
         name=name or f"deis_{order}",
-        init=_init_multistep(order),
+        init=init_multistep(order),
         step=step,
-        nfe=_one_nfe_per_step,
+        nfe=one_nfe_per_step,
         order=order,
     )
 
@@ -248,9 +245,9 @@ def ipndm(max_order: int = 4, euler_at_zero: bool = True, name: str | None = Non
 
     return Solver(
         name=name or ("ipndm" if max_order == 4 else f"ipndm_{max_order}"),
-        init=_init_multistep(max_order),
+        init=init_multistep(max_order),
         step=step,
-        nfe=_one_nfe_per_step,
+        nfe=one_nfe_per_step,
         order=min(max_order, 2),
     )
 

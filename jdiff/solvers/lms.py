@@ -49,11 +49,10 @@ One model call per step (NFE = number of steps). The derivatives live in a ring 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from .base import Solver, lagrange_basis, one_nfe_per_step, ring_push_combine
-from .deis_ipndm import MultistepState
+from .deis_ipndm import MultistepState, init_multistep
 
 __all__ = ["lms", "lms_coefficients", "LMS_SOLVERS"]
 
@@ -91,11 +90,6 @@ def lms(order: int = 4, euler_at_zero: bool = False, name: str | None = None) ->
     if not isinstance(order, int) or order < 1:
         raise ValueError(f"LMS order must be a positive integer, got {order!r}")
 
-    def init(x_T, grid, key):  # noqa: ARG001
-        if key is None:
-            key = jax.random.key(0)
-        return MultistepState(x=x_T, key=key, hist=jnp.zeros((order,) + x_T.shape, x_T.dtype))
-
     def step(denoise, state, grid, i, to_zero=False):
         a_i = grid.alpha[i]
         _, eps = denoise(state.x, grid.t[i], a_i, grid.sigma[i])
@@ -108,7 +102,7 @@ def lms(order: int = 4, euler_at_zero: bool = False, name: str | None = None) ->
 
     return Solver(
         name=name or ("lms" if order == 4 else f"lms_{order}"),
-        init=init,
+        init=init_multistep(order),
         step=step,
         nfe=one_nfe_per_step,
         order=order,
