@@ -41,6 +41,10 @@ Measured side by side:
     noise), ``loop cost = (b_e) - (d_e)`` the same for the Python-loop driver. Each takes a few
     milliseconds, so many repeats pin them down even on a noisy machine.
 
+Stochastic solvers are timed twice (``--stochastic-keys``): with JAX's default key
+(``jax.random.key``, threefry2x32) and with :func:`jdiff.prng.key` (the same Threefry cipher,
+expanded by XLA's RngBitGenerator); rows of the latter are labelled ``[threefry_xla key]``.
+
 Derived: ``(b)/(a)``; the sampler overhead ``(a) / (NFE * (c)) - 1`` (target < 2%), and its
 noise-robust estimate ``sampler cost / (NFE * (c))`` (which assumes that a model call costs the
 same inside the scan as alone; (d) checks that, within the noise).
@@ -120,6 +124,11 @@ def summary(xs):
 
 
 # ----------------------------------------------------------------------------- JAX drivers
+
+
+def label(solver, key_name):
+    """Row name: the solver, with the key implementation unless it is JAX's default."""
+    return solver if key_name == "threefry2x32" else f"{solver} [{key_name} key]"
 
 
 def make_loop_driver(solver, g, n_steps, final_zero, prediction="eps"):
@@ -221,6 +230,11 @@ def micro_benchmarks(params, model_apply, x, sch, reps):
         "noise: fold_in + random bits only, threefry": (
             jax.jit(lambda k, i: jax.random.bits(jax.random.fold_in(k, i), x.shape)),
             (jax.random.key(1), i3)),
+        "noise: fold_in + normal, threefry_xla keys (jdiff.prng)": (
+            jax.jit(noise), (jdiff.prng.key(1), i3)),
+        "noise: fold_in + random bits only, threefry_xla keys": (
+            jax.jit(lambda k, i: jax.random.bits(jax.random.fold_in(k, i), x.shape)),
+            (jdiff.prng.key(1), i3)),
         "noise: fold_in + normal, rbg keys": (jax.jit(noise), (jax.random.key(1, impl="rbg"), i3)),
         "noise: fold_in + normal, unsafe_rbg keys": (
             jax.jit(noise), (jax.random.key(1, impl="unsafe_rbg"), i3)),
@@ -254,7 +268,8 @@ def history_benchmarks(x, reps, n=50, order=3):
     as ``jnp.concatenate([m[None], h[:-1]])`` costs the same); ``ring`` writes slot ``i % order``
     with ``lax.dynamic_update_index_in_dim`` and reads slots by index; ``tensordot`` combines the
     shifted history with ``jnp.tensordot(c, h, 1)`` instead of an unrolled sum; ``noise`` is
-    ``none`` plus the Gaussian draw of a stochastic solver.
+    ``none`` plus the Gaussian draw of a stochastic solver (``noise_xla``: with a
+    :func:`jdiff.prng.key`).
     """
     c = jnp.linspace(1.0, 0.5, order)
 
@@ -288,13 +303,17 @@ def history_benchmarks(x, reps, n=50, order=3):
             shifted(h, m)),
         "noise": lambda h, m, i: (h, c[0] * m + jax.random.normal(
             jax.random.fold_in(jax.random.key(1), i), m.shape, m.dtype)),
+        "noise_xla": lambda h, m, i: (h, c[0] * m + jax.random.normal(
+            jax.random.fold_in(jdiff.prng.key(1), i), m.shape, m.dtype)),
     }
     labels = {
         "none": "in-scan step without history (floor)",
         "roll": f"in-scan history of {order}: shift (roll + set) + unrolled sum",
         "ring": f"in-scan history of {order}: ring buffer (dynamic_update_slice) + unrolled sum",
         "tensordot": f"in-scan history of {order}: shift + jnp.tensordot combine",
-        "noise": "in-scan step without history + a noise draw (fold_in + normal, threefry)",
+        "noise": "in-scan step without history + a noise draw (threefry keys: fold_in + normal)",
+        "noise_xla": "in-scan step without history + a noise draw (threefry_xla keys: fold_in + "
+                     "normal)",
     }
     h0 = jnp.zeros((order,) + x.shape, x.dtype)
     fs = {k: scan(v) for k, v in variants.items()}
@@ -450,7 +469,8 @@ def torch_phase(args, flax_params, x_np, n_threads, jax_rows):
              "loop_t": summary(row["loop_t"]), "scheduler_cost_s": cost,
              "overhead_est": cost / (nfe * model_med)}
         jd = {"DDIM": "ddim", "Euler": "euler"}.get(c[0])
-        match = [r for r in jax_rows if r["solver"] == jd and r["nfe_budget"] == c[1]]
+        match = [r for r in jax_rows if r["solver"] == jd and r["nfe_budget"] == c[1]
+                 and r["key"] == "threefry2x32"]
         if match:
             o["jdiff_solver"] = jd
             o["over_jdiff_sample"] = s["median"] / match[0]["sample"]["median"]
@@ -519,28 +539,29 @@ def findings(res):
                  "this run; its timings are contaminated (re-run on a quiet machine).")
     mc = res["model_call"]["median"]
     rows = res["jax"]
-    det = [r for r in rows if not r["stochastic"]]
-    sto = [r for r in rows if r["stochastic"]]
+    groups = {"deterministic solvers": [r for r in rows if not r["stochastic"]]}
+    for k in res["config"].get("stochastic_keys", ["threefry2x32"]):
+        groups[f"stochastic solvers with {k} keys"] = [
+            r for r in rows if r["stochastic"] and r.get("key", "threefry2x32") == k]
+
+    def spread(field):
+        return "; ".join(f"{name}: {pct(min(field(r) for r in rs))} .. {pct(max(field(r) for r in rs))}"
+                         for name, rs in groups.items() if rs)
+
     ok = sum(r["overhead_paired"]["median"] < 0.02 for r in rows)
     L.append(f"- Paired overhead of `jdiff.sample` below 2% in {ok}/{len(rows)} configurations; "
-             f"deterministic solvers: {pct(min(r['overhead_paired']['median'] for r in det))} .. "
-             f"{pct(max(r['overhead_paired']['median'] for r in det))}"
-             + (f"; stochastic solvers: {pct(min(r['overhead_paired']['median'] for r in sto))} .. "
-                f"{pct(max(r['overhead_paired']['median'] for r in sto))}" if sto else "") + ".")
+             + spread(lambda r: r["overhead_paired"]["median"]) + ".")
     est = [r["overhead_est"] for r in rows]
     ok_e = sum(e < 0.02 for e in est)
     L.append(f"- Noise-robust estimate (stand-in model): sampler cost = {pct(min(est))} .. "
-             f"{pct(max(est))} of the model time; below 2% in {ok_e}/{len(rows)} configurations"
-             + ("; deterministic: " + f"{pct(min(r['overhead_est'] for r in det))} .. "
-                f"{pct(max(r['overhead_est'] for r in det))}" if det else "")
-             + ("; stochastic: " + f"{pct(min(r['overhead_est'] for r in sto))} .. "
-                f"{pct(max(r['overhead_est'] for r in sto))}" if sto else "") + ".")
-    per_step = {r["solver"]: [] for r in rows}
+             f"{pct(max(est))} of the model time; below 2% in {ok_e}/{len(rows)} configurations; "
+             + spread(lambda r: r["overhead_est"]) + ".")
+    per_step = {r["label"]: [] for r in rows}
     for r in rows:
-        per_step[r["solver"]].append(r["sampler_cost_s"] / r["steps"] * 1e6)
+        per_step[r["label"]].append(r["sampler_cost_s"] / r["steps"] * 1e6)
     fits = []
     for name in per_step:
-        rs = sorted((r for r in rows if r["solver"] == name), key=lambda r: r["steps"])
+        rs = sorted((r for r in rows if r["label"] == name), key=lambda r: r["steps"])
         if len(rs) >= 2 and rs[-1]["steps"] > rs[0]["steps"]:
             slope = ((rs[-1]["sampler_cost_s"] - rs[0]["sampler_cost_s"])
                      / (rs[-1]["steps"] - rs[0]["steps"]))
@@ -563,23 +584,26 @@ def findings(res):
              f"{max(ratios):.3f}.")
     if res.get("micro"):
         m = res["micro"]
-        noise = [v for k, v in m.items() if k.startswith("noise: fold_in + normal, threefry")]
+        noise = [v for k, v in m.items() if k.startswith("noise: fold_in + normal, threefry (")]
         L.append(f"- Drawing the noise of one step (fold_in + normal, threefry, {x_shape(res)}) "
                  f"costs {min(noise) * 1e6:.0f} .. {max(noise) * 1e6:.0f} us as a separate call = "
                  f"{100 * min(noise) / mc:.1f} .. {100 * max(noise) / mc:.1f}% of a model call: "
                  "the per-step cost of the stochastic solvers.")
         other = {k[len("noise: "):]: v for k, v in m.items()
-                 if k.startswith("noise") and not k.startswith("noise: fold_in + normal, threefry")}
+                 if k.startswith("noise") and not k.startswith("noise: fold_in + normal, threefry (")}
         if other:
             L.append("- Other noise variants (separate calls): " + "; ".join(
                 f"{k}: {v * 1e6:.0f} us" for k, v in other.items()) + ".")
         floor = next((v for k, v in m.items() if k.startswith("in-scan step without history (")),
                      None)
-        in_scan = next((v for k, v in m.items() if k.startswith("in-scan step without history +")),
-                       None)
-        if floor is not None and in_scan is not None:
-            L.append(f"- The same noise draw inside a `lax.scan` adds {(in_scan - floor) * 1e6:.0f} "
-                     f"us per step = {100 * (in_scan - floor) / mc:.1f}% of a model call.")
+        for kname in ("threefry", "threefry_xla"):
+            in_scan = next((v for k, v in m.items()
+                            if k.startswith(f"in-scan step without history + a noise draw ({kname} ")),
+                           None)
+            if floor is not None and in_scan is not None:
+                L.append(f"- The same noise draw inside a `lax.scan` with {kname} keys adds "
+                         f"{(in_scan - floor) * 1e6:.0f} us per step = "
+                         f"{100 * (in_scan - floor) / mc:.1f}% of a model call.")
         hist = {k: v for k, v in m.items() if k.startswith("in-scan")}
         if hist:
             L.append("- Multistep history inside a scan, per step: " + "; ".join(
@@ -633,7 +657,7 @@ def write_md(path, res):
     for r in res["jax"]:
         a, b = r["sample"], r["loop"]
         L.append(
-            f"| {r['solver']} | {r['steps']} | {r['nfe']} | {ms(a['median'])} [{ms(a['q1'])}, "
+            f"| {r['label']} | {r['steps']} | {r['nfe']} | {ms(a['median'])} [{ms(a['q1'])}, "
             f"{ms(a['q3'])}] | {ms(b['median'])} [{ms(b['q1'])}, {ms(b['q3'])}] | "
             f"{r['loop_over_sample']:.3f} | {ms(r['nfe'] * mc['median'])} | "
             f"{pct(r['overhead'])} | **{iqr_pct(r['overhead_paired'])}** | "
@@ -660,7 +684,7 @@ def write_md(path, res):
     for r in res["jax"]:
         tr = r["trivial"]
         L.append(
-            f"| {r['solver']} | {r['nfe']} | {ms(tr['sample_t']['median'])} | "
+            f"| {r['label']} | {r['nfe']} | {ms(tr['sample_t']['median'])} | "
             f"{ms(tr['scan_t']['median'])} | {ms(tr['loop_t']['median'])} | "
             f"{r['sampler_cost_s'] / r['steps'] * 1e6:.0f} | **{pct(r['overhead_est'])}** | "
             f"{r['loop_cost_s'] / r['steps'] * 1e6:.0f} | {pct(r['loop_overhead_est'])} |"
@@ -747,6 +771,10 @@ def main(argv=None):
                     help="torch.set_num_threads (default: the number of CPUs available)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch/diffusers anchor")
     ap.add_argument("--no-micro", action="store_true", help="skip the per-piece micro-benchmarks")
+    ap.add_argument("--stochastic-keys", default="threefry2x32,threefry_xla",
+                    help="key implementations the stochastic solvers are timed with (one "
+                         "configuration each): threefry2x32 (jax.random.key) and/or threefry_xla "
+                         "(jdiff.prng.key)")
     ap.add_argument("--out", default=None,
                     help="output prefix: writes PREFIX.json and PREFIX.md (default "
                          "benchmarks/results/speed; nothing for --quick)")
@@ -772,7 +800,10 @@ def main(argv=None):
     model = MLP(features=args.width, depth=args.depth, time_embedding_dim=args.temb)
     params = model.init(jax.random.key(0), jnp.zeros((1, args.dim)), 0.5)
     x_T = jax.random.normal(jax.random.key(1), (args.batch, args.dim), jnp.float32)
-    key = jax.random.key(2)
+    keys = {"threefry2x32": jax.random.key(2), "threefry_xla": jdiff.prng.key(2)}
+    key_names = args.stochastic_keys.split(",")
+    if not key_names or any(k not in keys for k in key_names):
+        ap.error(f"--stochastic-keys: choose from {sorted(keys)}")
     sch = jdiff.schedules.vp_discrete()
     model_fn = jax.tree_util.Partial(model.apply, params)
     model_jit = jax.jit(model.apply)
@@ -800,14 +831,16 @@ def main(argv=None):
 
     coeffs_jit = jax.jit(grid_coeffs, static_argnums=2)
 
-    def prepare(nfe_budget, name):
+    def prepare(nfe_budget, name, key_name):
         solver = jdiff.solvers.get_solver(name)
+        key = keys[key_name]
         steps = jdiff.solvers.steps_for_nfe(solver, nfe_budget)
         grid = jdiff.grids.make_grid(sch, "trailing", steps)
         g = coeffs_jit(sch, grid, jnp.float32)
         loop, ks = make_loop_driver(solver, g, steps, True)
         nfe = jdiff.nfe(solver, grid)
-        c = dict(solver=name, nfe_budget=nfe_budget, steps=steps, nfe=nfe, obj=solver,
+        c = dict(solver=name, key_name=key_name, key=key, label=label(name, key_name),
+                 nfe_budget=nfe_budget, steps=steps, nfe=nfe, obj=solver,
                  grid=grid, loop=loop, ks=ks, stochastic=solver.stochastic,
                  scan=name in scan_solvers, burst=min(nfe, args.burst),
                  ts_scan=jnp.asarray(np.resize(np.asarray(g.t[:-1]), nfe)),
@@ -828,7 +861,8 @@ def main(argv=None):
 
     # XLA compiles on one thread: warm up (compile) the configurations in parallel.
     t0 = time.perf_counter()
-    jobs = [(nfe_budget, name) for nfe_budget in args.nfe for name in names]
+    jobs = [(nfe_budget, name, k) for nfe_budget in args.nfe for name in names
+            for k in (key_names if jdiff.solvers.get_solver(name).stochastic else ["threefry2x32"])]
     with ThreadPoolExecutor(max_workers=info["cpus_available"]) as pool:
         configs = list(pool.map(lambda job: prepare(*job), jobs))
     max_diff = max(c["diff"] for c in configs)
@@ -836,6 +870,7 @@ def main(argv=None):
           f"max |sample - loop| = {max_diff:.3g}; JAX CPU/wall = {cpu_per_wall:.2f}", flush=True)
 
     def timers(c):
+        key = c["key"]
         return {
             "sample": lambda: timeit(lambda: jdiff.sample(model_fn, sch, c["obj"], c["grid"], x_T,
                                                           key=key)),
@@ -878,7 +913,8 @@ def main(argv=None):
         T, n = c["times"], c["nfe"]
         s = summary(T["sample"])
         rows.append({
-            "solver": c["solver"], "stochastic": c["stochastic"], "nfe_budget": c["nfe_budget"],
+            "solver": c["solver"], "key": c["key_name"], "label": c["label"],
+            "stochastic": c["stochastic"], "nfe_budget": c["nfe_budget"],
             "steps": c["steps"], "nfe": c["nfe"], "model_calls_per_step": list(c["ks"]),
             "sample": s, "loop": summary(T["loop"]),
             "scan": summary(T["scan"]) if c["scan"] else None,
@@ -919,7 +955,8 @@ def main(argv=None):
                    "temb": args.temb, "rounds": args.rounds, "nfe_budgets": args.nfe,
                    "solvers": names, "grid": "trailing", "schedule": "vp_discrete",
                    "dtype": "float32", "prediction": "eps", "trivial_reps": args.trivial_reps,
-                   "burst": args.burst, "scan_solvers": sorted(scan_solvers)},
+                   "burst": args.burst, "scan_solvers": sorted(scan_solvers),
+                   "stochastic_keys": key_names},
         "model_call": summary(model_times),
         "jax": rows,
         "checks": {"max_abs_diff_sample_vs_loop": max_diff,
@@ -943,11 +980,11 @@ def main(argv=None):
         write_md(out + ".md", res)
 
     print(f"\n(c) model call: {model_med * 1e3:.2f} ms")
-    print(f"{'solver':16s} {'NFE':>4s} {'(a) ms':>9s} {'(b) ms':>9s} {'b/a':>6s} {'(d) ms':>9s} "
+    print(f"{'solver':28s} {'NFE':>4s} {'(a) ms':>9s} {'(b) ms':>9s} {'b/a':>6s} {'(d) ms':>9s} "
           f"{'ovh med':>8s} {'ovh paired [IQR]':>26s} {'est (a)':>8s} {'est (b)':>8s}")
     for r in rows:
         o = r["overhead_paired"]
-        print(f"{r['solver']:16s} {r['nfe']:4d} {r['sample']['median'] * 1e3:9.1f} "
+        print(f"{r['label']:28s} {r['nfe']:4d} {r['sample']['median'] * 1e3:9.1f} "
               f"{r['loop']['median'] * 1e3:9.1f} {r['loop_over_sample']:6.3f} "
               + (f"{r['scan']['median'] * 1e3:9.1f}" if r["scan"] else f"{'-':>9s}")
               + f" {pct(r['overhead']):>8s} "
