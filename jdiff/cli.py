@@ -67,7 +67,11 @@ def _cmd_sample(args) -> int:
     schedule = get_schedule(args.schedule)
     tb = get_testbed(args.testbed)
     solver = get_solver(args.solver)
-    n_steps = args.steps if args.steps else steps_for_nfe(solver, args.nfe, args.final == "zero")
+    if args.denoise_to_zero and args.final == "zero":
+        raise ValueError("--denoise-to-zero needs --final t_min (a grid ending at t = 0 already "
+                         "ends on the data prediction)")
+    n_steps = (args.steps if args.steps is not None
+               else steps_for_nfe(solver, args.nfe - int(args.denoise_to_zero), args.final == "zero"))
     grid = grids.make_grid(schedule, args.grid, n_steps, args.final)
     if args.noise:
         z = load_noise(args.noise, tb.dim)

@@ -122,6 +122,9 @@ def make_grid(
     t_min = float(schedule.t_min if t_min is None else t_min)
     if not t_max > t_min > 0:
         raise ValueError(f"need t_max > t_min > 0, got t_max={t_max}, t_min={t_min}")
+    if t_max > float(schedule.t_max) * (1.0 + 1e-12):
+        # beyond it VP schedules clamp (zero-length steps) or are undefined (cosine at t = 1)
+        raise ValueError(f"t_max={t_max} is beyond the schedule's range (its t_max is {schedule.t_max})")
 
     if name in DISCRETE_GRIDS:
         if not isinstance(schedule, VPDiscrete):
@@ -133,6 +136,9 @@ def make_grid(
         if n_steps > N:
             raise ValueError(f"grid {name!r} has at most {N} steps, asked for {n_steps}")
         ts = discrete_timesteps(N, n_steps, name)
+        if np.any(np.diff(ts) >= 0):
+            raise ValueError(f"grid {name!r} with {n_steps} steps repeats a timestep (rounding of "
+                             f"{N} training timesteps); use fewer steps or another spacing")
         if final == "t_min" and ts[-1] == 0:
             raise ValueError(
                 f"grid {name!r} with {n_steps} steps already ends at t_min (timestep 0); ending "

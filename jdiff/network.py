@@ -90,15 +90,19 @@ def flax_net(module) -> FlaxNet:
 
 
 def apply_parameterized(net_apply, params, schedule, parameterization, x, t, y=None, train=False, key=None):
-    """Model output (of type :func:`sampling_prediction`) at ``x_t``, time ``t`` (scalar or (B,))."""
-    t = jnp.asarray(t, x.dtype)
+    """Model output (of type :func:`sampling_prediction`) at ``x_t``, time ``t`` (scalar or (B,)).
+
+    The time and the noise conditioning stay in at least float32 when ``x`` is bfloat16 (mixed
+    precision): the network sees the same ``c_noise`` in training as in float32 sampling; only
+    the image-shaped scalings are cast to ``x.dtype``."""
+    t = jnp.asarray(t, jnp.promote_types(x.dtype, jnp.float32))
     if check_parameterization(parameterization) != "edm":
         return net_apply(params, x, noise_conditioning(schedule, t), y, train, key)
     bshape = t.shape + (1,) * (x.ndim - t.ndim)
     alpha = schedule.alpha(t).reshape(bshape).astype(x.dtype)
-    s = schedule.sigma_hat(t).astype(x.dtype)
+    s = schedule.sigma_hat(t)
     c_skip, c_out, c_in, c_noise = edm_scalings(s, getattr(schedule, "sigma_data", 0.5))
-    c_skip, c_out, c_in = (c.reshape(bshape) for c in (c_skip, c_out, c_in))
+    c_skip, c_out, c_in = (c.reshape(bshape).astype(x.dtype) for c in (c_skip, c_out, c_in))
     x_hat = x / alpha
     out = net_apply(params, c_in * x_hat, c_noise, y, train, key)
     return c_skip * x_hat + c_out * out.astype(x.dtype)

@@ -135,7 +135,9 @@ def load_image_data(spec: str, split: str = "train"):
     if kind == "cifar10":
         if not rest:
             raise ValueError("cifar10 data needs a path: cifar10:PATH[@16]")
-        path, _, res = rest.partition("@")
+        path, sep, res = rest.rpartition("@")  # a trailing "@RES" (a path may contain "@")
+        if not sep or not res.isdigit():
+            path, res = rest, ""
         if Path(path).expanduser().is_dir():
             ds = jdata.load_cifar10(path, split=split)
         else:  # one file: hold out a stratified 20% as the test split
@@ -265,8 +267,8 @@ def _fresh_state(run: Run):
 def train_run(cfg: RunConfig, workdir, progress: bool = True) -> training.FitResult:
     """Train ``cfg`` in ``workdir`` for ``cfg.steps`` steps in total, resuming if checkpoints exist."""
     workdir = Path(workdir)
+    run = build_run(cfg)  # first: a configuration that cannot be built must not claim workdir
     _check_config(workdir, cfg)
-    run = build_run(cfg)
     optimizer, state = _fresh_state(run)
     step = training.make_train_step(run.loss_fn, optimizer, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
                                     compute_dtype=jnp.dtype(cfg.compute_dtype) if cfg.compute_dtype else None)

@@ -242,6 +242,7 @@ class Checkpointer:
         self._ocp = ocp
         self.directory = Path(directory).absolute()
         self.save_every = save_every
+        self.unusable: set[int] = set()  # steps restore_latest found broken
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1, create=True,
@@ -263,7 +264,11 @@ class Checkpointer:
         if not force and step % self.save_every:
             return False
         if step in self.manager.all_steps():
-            return False
+            if step not in self.unusable:
+                return False
+            # the resumed run has redone a step whose checkpoint was broken: replace it
+            self.manager.delete(step)
+            self.unusable.discard(step)
         meta = {"step": step, "fingerprint": state_fingerprint(state), **(metadata or {})}
         ocp = self._ocp
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -289,12 +294,14 @@ class Checkpointer:
         """``(state, meta)`` of the newest checkpoint that loads and verifies, or ``None``.
 
         Broken checkpoints (missing or truncated files, fingerprint mismatch) are skipped with a
-        warning, falling back to the previous good one.
+        warning, falling back to the previous good one, and remembered in ``unusable``: a later
+        :meth:`save` of the same step replaces them (they are left on disk until then).
         """
         for step in reversed(self.all_steps()):
             try:
                 return self.restore(step, like)
             except Exception as err:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                self.unusable.add(step)
                 log.warning("checkpoint at step %d is unusable (%s: %s); trying an earlier one",
                             step, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
         return None

@@ -1,8 +1,17 @@
 """Small helpers shared by the test modules."""
 
 import functools
+import importlib.util
 
 import numpy as np
+
+
+def load_script(path, name):
+    """Import a script that is not part of a package (experiments/, scripts/) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @functools.lru_cache(maxsize=None)

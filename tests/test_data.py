@@ -604,3 +604,8 @@ def test_run_data_from_one_file_is_split_into_disjoint_stratified_train_and_test
     np.testing.assert_array_equal(np.bincount(test.labels, minlength=10), np.full(10, 2))
     with pytest.raises(ValueError, match="split"):
         load_image_data(f"cifar10:{tmp_path / 'one.npz'}", "valid")
+    # a path containing "@": only a trailing "@RES" is a resolution
+    (tmp_path / "a@b").mkdir()
+    np.savez(tmp_path / "a@b" / "one.npz", data=imgs, labels=labels.astype(np.uint8))
+    assert len(load_image_data(f"cifar10:{tmp_path / 'a@b' / 'one.npz'}", "train")) == 80
+    assert load_image_data(f"cifar10:{tmp_path / 'a@b' / 'one.npz'}@8", "test").images.shape == (20, 8, 8, 3)

@@ -223,13 +223,21 @@ def test_dynamic_thresholding_matches_quantile_semantics():
     assert float(jnp.quantile(jnp.arange(1000.0), 0.995)) == pytest.approx(994.005)
     with pytest.raises(ValueError, match=r"quantile in \[0, 1\]"):
         jdiff.thresholding.dynamic_thresholding(99.5)
+    # the default has no cap (Imagen): a sample whose 90% quantile is 4 is divided by 4; a cap of 1
+    # (diffusers' sample_max_value default) reduces it to clipping
+    z = jnp.asarray(np.linspace(-5.0, 5.0, 101)[None], jnp.float32)
+    q = float(np.quantile(np.abs(np.linspace(-5.0, 5.0, 101)), 0.9))
+    np.testing.assert_allclose(np.asarray(jdiff.thresholding.dynamic_thresholding(0.9)(z)),
+                               np.clip(np.asarray(z), -q, q) / q, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(jdiff.thresholding.dynamic_threshold(z, 0.9, 1.0)),
+                                  np.clip(np.asarray(z), -1.0, 1.0))
 
 
 def test_thresholding_in_sample_keeps_samples_in_range(vp):
     tb = jdiff.testbeds.from_arrays([1.0], [[0.0] * 4], stds=[2.0])  # data far outside [-1, 1]
     g = grids.make_grid(vp, "logsnr", 8)
     x_T = jax.random.normal(jax.random.key(0), (64, 4))
-    corr = jdiff.thresholding.dynamic_thresholding(0.995, 1.0)
+    corr = jdiff.thresholding.dynamic_thresholding(0.995)
     x = np.asarray(jdiff.sample(tb.model_fn(vp), vp, solvers.get_solver("dpmpp_2m"), g, x_T,
                                 correct_x0=corr))
     assert np.abs(x).max() <= 1.0 + 1e-5

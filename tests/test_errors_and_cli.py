@@ -130,6 +130,15 @@ def test_sample_command(capsys, tmp_path):
 
 
 
+def test_sample_denoise_to_zero_needs_t_min_and_counts_its_call(capsys, tmp_path):
+    out = tmp_path / "s.npy"
+    code, _, err = run_cli(capsys, "sample", "--testbed", "mix2d", "--denoise-to-zero", "--out", str(out))
+    assert code == 2 and "--final t_min" in err
+    code, stdout, _ = run_cli(capsys, "sample", "--testbed", "mix2d", "--solver", "ddim", "--nfe", "6",
+                              "--final", "t_min", "--denoise-to-zero", "--n", "16", "--out", str(out))
+    assert code == 0 and "NFE 6" in stdout  # 5 steps + the final denoising call fit the budget
+
+
 def test_sample_command_prng_choice(capsys, tmp_path):
     """--prng picks the key of stochastic solvers: same seed, other stream, same distribution."""
     outs = {}

@@ -66,6 +66,16 @@ def test_grid_errors(vp):
         grids.make_grid(vp, "logsnr", 3, final="end")
     with pytest.raises(ValueError, match="strictly decreasing"):
         grids.check_grid([1.0, 0.5, 0.7])
+    # beyond the schedule's range: vp_cosine is undefined at t = 1, vp_discrete clamps (h = 0)
+    with pytest.raises(ValueError, match="beyond the schedule's range"):
+        grids.make_grid(schedules.vp_cosine(), "logsnr", 5, t_max=1.0)
+    with pytest.raises(ValueError, match="beyond the schedule's range"):
+        grids.make_grid(vp, "uniform_t", 5, t_max=3.0)
+    assert grids.make_grid(vp, "uniform_t", 5, t_max=1.0)[0] == 1.0
+    # rounding 1000 evenly spaced points to 1000 timesteps repeats one (diffusers dedupes)
+    with pytest.raises(ValueError, match="repeats a timestep"):
+        grids.make_grid(vp, "linspace_dpm", 1000)
+    assert len(grids.make_grid(vp, "trailing", 1000)) == 1001
 
 
 def test_dpm_linspace_spacing(vp):

@@ -144,3 +144,23 @@ def test_model_fn_matches_prediction_conversion():
         got = to_x0_eps(out, x, a, s, network.sampling_prediction(kind))
         np.testing.assert_allclose(got[0], ref[0], atol=2e-5)
         np.testing.assert_allclose(got[1], ref[1], atol=2e-5)
+
+
+@pytest.mark.parametrize("parameterization,schedule", [("eps", "vp_discrete"), ("edm", "edm")])
+def test_bf16_inputs_keep_float32_noise_conditioning(parameterization, schedule):
+    """Mixed precision casts the image to bf16, not the time: the network is conditioned on the
+    same float32 c_noise as with float32 inputs (bf16 would round 1000 t = 701.3 to 704)."""
+    sch = schedules.get_schedule(schedule)
+    seen = {}
+
+    def net_apply(params, x, c_noise, y, train, key):  # noqa: ARG001
+        seen[str(x.dtype)] = c_noise
+        return x
+
+    t = jnp.array([0.7013, 0.9031, 0.5557], jnp.float32)
+    x = jnp.ones((3, 4), jnp.float32)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        out = network.apply_parameterized(net_apply, None, sch, parameterization, x.astype(dtype), t)
+        assert out.dtype == dtype
+    assert seen["bfloat16"].dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(seen["bfloat16"]), np.asarray(seen["float32"]))

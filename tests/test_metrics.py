@@ -11,6 +11,7 @@ import scipy.linalg
 
 from jdiff import metrics as M
 from jdiff.metrics import inception as I
+from helpers import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -448,11 +449,7 @@ def test_inception_matches_torch_reimplementation(inception_npz):
 
 
 def _load_convert_script():
-    spec = importlib.util.spec_from_file_location("convert_inception_weights",
-                                                  ROOT / "scripts" / "convert_inception_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "scripts" / "convert_inception_weights.py", "convert_inception_weights")
 
 
 def test_convert_script_round_trip(tmp_path, capsys, inception_npz):

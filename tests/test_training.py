@@ -136,6 +136,13 @@ def test_fingerprint_mismatch_is_detected(tmp_path):
     with pytest.raises(ValueError, match="fingerprint"):
         ck.restore(2, _small_state(0.0, 0)[0])
     assert int(ck.restore_latest(_small_state(0.0, 0)[0])[0].step) == 1
+    # the resumed run redoes step 2: its save replaces the broken checkpoint (not skipped as
+    # "already saved", which would leave every later resume at step 1)
+    assert ck.save(_small_state(2.5, 2)[0])
+    assert ck.all_steps() == [1, 2] and not ck.unusable
+    state, _ = ck.restore_latest(_small_state(0.0, 0)[0])
+    assert int(state.step) == 2 and float(state.params["w"][0, 0]) == 2.5
+    assert not ck.save(_small_state(3.0, 2)[0])  # a good checkpoint is still never overwritten
     ck.close()
 
 
@@ -306,6 +313,12 @@ def test_resume_rejects_changed_configuration(tmp_path):
     assert res.resumed_from == 2 and int(res.state.step) == 4
     with pytest.raises(ValueError, match="different configuration"):
         train_run(dataclasses.replace(cfg, lr=1.0), tmp_path, progress=False)
+    # a configuration that fails to build (bad data path) does not claim a fresh work directory
+    fresh = tmp_path / "fresh"
+    with pytest.raises(FileNotFoundError):
+        train_run(dataclasses.replace(cfg, data=f"cifar10:{tmp_path / 'missing.npz'}"), fresh,
+                  progress=False)
+    assert not (fresh / "config.json").exists()
 
 
 def test_run_learning_rate_constant_or_cosine_to_zero_at_the_last_step():
