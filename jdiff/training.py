@@ -341,7 +341,9 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], nu
       checkpointer: saves every ``save_every`` steps and at the end; restored from first.
       metadata: JSON-serialisable dict stored with every checkpoint.
       log_every: metrics are fetched from the device, appended to ``metrics_file`` (JSON lines:
-        step, wall time, metrics) and passed to ``callbacks`` every ``log_every`` steps.
+        step, wall time in seconds since this call started, metrics) and passed to ``callbacks``
+        every ``log_every`` steps. A resumed run appends: its records restart the clock at 0 and
+        repeat the steps after the checkpoint it resumed from (keep the last record per step).
       progress: show a rich progress bar (only on process 0).
     """
     resumed_from = None

@@ -373,6 +373,11 @@ def unic(
     step (uncorrected). NFE = number of steps. The corrector is also applied at a final step to
     sigma = 0 (it matters there with ``reuse="eps"``).
 
+    Grouped singlestep predictors (``dpm_solver_k_single``) pass these checks, but inside a group
+    of k > 1 steps they update from the group's start point kept in their state
+    (``x_start``), not from ``state.x``: the correction of a step that is not a group start is
+    discarded. Use multistep predictors with UniC.
+
     Nominal order ``min(predictor.order, order) + 1``, capped at 3 (the warm-up) - e.g. 2 for DDIM:
     UniC-p needs an order-p predictor to reach order p + 1.
     """
