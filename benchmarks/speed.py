@@ -1,12 +1,12 @@
 """Sampler speed: one-jit ``jdiff.sample`` vs a Python-loop driver vs bare model calls.
 
-    python benchmarks/speed.py          # full run: all solvers, NFE 10 and 50 (~4 min, quiet CPU)
+    python benchmarks/speed.py          # full run: all solvers, NFE 10 and 50 (~5 min, quiet CPU)
     python benchmarks/speed.py --quick  # smoke run (~30 s): ddim/euler/heun at NFE 10; prints only
                                         # (add --out PREFIX to write PREFIX.json / PREFIX.md)
 
 Setup: an eps-prediction MLP (:class:`jdiff.models.MLP`; default width 512, 4 hidden layers, data
-dim 64, time embedding 128: about 1.9 GFLOP per call at batch 1024, ~8 ms on the quiet 2-vCPU
-Xeon VM this was written on, 13 ms and more when other processes share it), the DDPM
+dim 64, time embedding 128: about 1.9 GFLOP per call at batch 1024; 4.5-9.3 ms on quiet 2-vCPU
+AMD EPYC VMs, see results/speed.md, and more when other processes share the machine), the DDPM
 ``vp_discrete`` schedule, a ``trailing`` grid ending at t = 0, batch 1024, float32. Each solver
 (all registered ones by default) gets, per NFE budget (10 and 50), the most steps whose NFE fits
 the budget (Heun at 10 takes 5 steps = 9 evaluations: its last step onto sigma = 0 skips the
@@ -62,7 +62,7 @@ report carries a warning.
 Threads: XLA:CPU runs its matmuls on an intra-op pool with one thread per available CPU, so the
 PyTorch anchor uses ``torch.set_num_threads(len(os.sched_getaffinity(0)))`` (override with
 ``--torch-threads``). The process CPU time / wall time during JAX model calls is recorded as
-``jax_cpu_per_wall`` (1.8 on the quiet 2-vCPU VM; 1.0 when other processes took a core).
+``jax_cpu_per_wall`` (1.8-1.95 on quiet 2-vCPU VMs; 1.0 when other processes took a core).
 
 Optional PyTorch anchor (torch + diffusers imported lazily; skipped if either is missing or with
 ``--no-torch``), run after all JAX timings so that no OpenMP thread spins while JAX runs: the same
