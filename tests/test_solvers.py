@@ -244,3 +244,20 @@ def test_bfloat16_x_T_is_solved_in_float32(vp):
         assert out.dtype == jnp.bfloat16
         # the result's own bfloat16 rounding: at most half an ulp, 2^-9 relative
         np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2.0 ** -8, atol=1e-6)
+
+
+def _draws_noise(solver, g, to_zero):
+    state = solver.init(jnp.zeros((2, 3)), g, jax.random.key(0))
+    denoise = lambda x, t, a, s: (x, x)  # noqa: E731
+    jaxpr = jax.make_jaxpr(lambda st: solver.step(denoise, st, g, 2, to_zero))(state)
+    return "random_bits" in str(jaxpr)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if solvers.get_solver(n).stochastic])
+def test_stochastic_final_step_to_zero_draws_no_noise(vp, name):
+    """A last step onto sigma = 0 gives the noise weight 0: it draws none (one draw fewer per
+    sample call), while every other step does."""
+    solver = solvers.get_solver(name)
+    g = solvers.grid_coeffs(vp, jnp.asarray(grids.make_grid(vp, "logsnr", 4)), jnp.float32)
+    assert _draws_noise(solver, g, to_zero=False)
+    assert not _draws_noise(solver, g, to_zero=True)

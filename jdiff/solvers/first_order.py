@@ -30,11 +30,11 @@ def ddim(eta: float = 0.0, name: str | None = None) -> Solver:
     """DDIM with stochasticity ``eta`` (0: deterministic ODE sampler; 1: DDPM ancestral)."""
     eta = float(eta)
 
-    def step(denoise, state, grid, i, to_zero=False):  # noqa: ARG001
+    def step(denoise, state, grid, i, to_zero=False):
         t, a_t, s_t = grid.t[i], grid.alpha[i], grid.sigma[i]
         a_s, s_s = grid.alpha[i + 1], grid.sigma[i + 1]
         x0, eps = denoise(state.x, t, a_t, s_t)
-        if eta == 0.0:
+        if eta == 0.0 or to_zero:  # at sigma_s = 0 the noise has weight 0: no draw
             return State(x=a_s * x0 + s_s * eps, key=state.key)
         r = a_t / a_s * s_s
         c2 = eta**2 * s_s**2 * jnp.maximum(s_t**2 - r**2, 0.0) / s_t**2
@@ -74,10 +74,12 @@ def euler_ancestral(eta: float = 1.0) -> Solver:
     """Euler ancestral sampler (k-diffusion), stochastic with ``eta`` in [0, 1]."""
     eta = float(eta)
 
-    def step(denoise, state, grid, i, to_zero=False):  # noqa: ARG001
+    def step(denoise, state, grid, i, to_zero=False):
         t, a_t, s_t = grid.t[i], grid.alpha[i], grid.sigma[i]
         _, eps = denoise(state.x, t, a_t, s_t)
         sh_t, sh_s = grid.sigma_hat[i], grid.sigma_hat[i + 1]
+        if to_zero:  # sigma_s = 0: up = down = 0, the Euler step to the data prediction, no draw
+            return State(x=grid.alpha[i + 1] * (state.x / a_t - sh_t * eps), key=state.key)
         up = jnp.minimum(sh_s, eta * jnp.sqrt(sh_s**2 * (sh_t**2 - sh_s**2) / sh_t**2))
         down = jnp.sqrt(jnp.maximum(sh_s**2 - up**2, 0.0))
         z = jax.random.normal(step_key(state, i), state.x.shape, state.x.dtype)
