@@ -270,13 +270,12 @@ def main(argv=None) -> int:
     # the yardstick of the 'vs test' table: n training images (a perfect model's n samples, with
     # the balanced classes of the stratified split) against the test images
     if n < len(train_ds):
-        sub_rng_seed = args.sample_seed
         train_x = to_model_range(train_ds.images)
         for k in extractors:
             tag = "" if k == "own" else f" [{k}]"
             vals = []
             for r in range(max(args.repeats, 1)):
-                _, sub = stratified_split(train_ds.labels, n / len(train_ds), seed=sub_rng_seed + r)
+                _, sub = stratified_split(train_ds.labels, n / len(train_ds), seed=args.sample_seed + r)
                 vals.append(metrics.frechet_distance_from_stats(stats_of(k, train_x[sub]), ref_test[k]))
             name = f"stratified subsets of {n} training images vs test" + tag
             if len(vals) == 1:

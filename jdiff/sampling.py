@@ -79,6 +79,12 @@ def _sample(dyn_model, schedule, grid, x_T, key, *, static_model, solver, predic
     return x, jnp.concatenate([flags, jnp.stack(extra)])
 
 
+def _check_denoise_to_zero(denoise_to_zero: bool, final_zero: bool) -> None:
+    if denoise_to_zero and final_zero:
+        raise ValueError("denoise_to_zero needs a grid ending at t_min > 0: this grid ends at t = 0, "
+                         "where the last step already returns the data prediction")
+
+
 def _is_concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
@@ -134,9 +140,7 @@ def sample(
             raise ValueError(f"final_zero={final_zero} but the grid ends at t={float(np.asarray(grid)[-1])}")
     elif final_zero is None:
         raise ValueError("pass final_zero=True/False when the grid is traced")
-    if denoise_to_zero and final_zero:
-        raise ValueError("denoise_to_zero needs a grid ending at t_min > 0: this grid ends at t = 0, "
-                         "where the last step already returns the data prediction")
+    _check_denoise_to_zero(denoise_to_zero, final_zero)
     grid = jnp.asarray(grid)
     n_steps = grid.shape[0] - 1
     if n_steps < solver.min_steps:
@@ -178,8 +182,7 @@ def nfe(solver: Solver, grid, denoise_to_zero: bool = False) -> int:
     """Exact number of model evaluations of ``sample`` with this solver and concrete grid."""
     g = np.asarray(grid)
     final_zero = float(g[-1]) == 0.0
-    if denoise_to_zero and final_zero:
-        raise ValueError("denoise_to_zero needs a grid ending at t_min > 0")
+    _check_denoise_to_zero(denoise_to_zero, final_zero)
     return solver.nfe(g.shape[0] - 1, final_zero) + int(denoise_to_zero)
 
 
