@@ -5,7 +5,7 @@
                                         # (add --out PREFIX to write PREFIX.json / PREFIX.md)
 
 Setup: an eps-prediction MLP (:class:`jdiff.models.MLP`; default width 512, 4 hidden layers, data
-dim 64, time embedding 128: about 1.9 GFLOP per call at batch 1024; 4.5-9.3 ms on quiet 2-vCPU
+dim 64, time embedding 128: about 1.9 GFLOP per call at batch 1024; 4.3-10 ms on quiet 2-vCPU
 AMD EPYC VMs, see results/speed.md, and more when other processes share the machine), the DDPM
 ``vp_discrete`` schedule, a ``trailing`` grid ending at t = 0, batch 1024, float32. Each solver
 (all registered ones by default) gets, per NFE budget (10 and 50), the most steps whose NFE fits
@@ -89,6 +89,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
+import jax.extend.random as jex_random
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -97,6 +98,12 @@ import jdiff
 from jdiff.models import MLP
 from jdiff.prediction import to_x0_eps
 from jdiff.solvers.base import grid_coeffs
+
+# jdiff.prng's keys without the conditional that keeps the words out of the consumer's fusion
+_THREEFRY_XLA_FUSED = jex_random.define_prng_impl(
+    key_shape=(4,), seed=jex_random.rbg_prng_impl.seed, split=jex_random.rbg_prng_impl.split,
+    random_bits=partial(jdiff.prng._threefry_xla_bits, materialize=False),
+    fold_in=jex_random.rbg_prng_impl.fold_in, name="threefry_xla_fused", tag="tfxf")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -305,6 +312,9 @@ def history_benchmarks(x, reps, n=50, order=3):
             jax.random.fold_in(jax.random.key(1), i), m.shape, m.dtype)),
         "noise_xla": lambda h, m, i: (h, c[0] * m + jax.random.normal(
             jax.random.fold_in(jdiff.prng.key(1), i), m.shape, m.dtype)),
+        "noise_xla_fused": lambda h, m, i: (h, c[0] * m + jax.random.normal(
+            jax.random.fold_in(jax.random.key(1, impl=_THREEFRY_XLA_FUSED), i), m.shape,
+            m.dtype)),
     }
     labels = {
         "none": "in-scan step without history (floor)",
@@ -314,6 +324,9 @@ def history_benchmarks(x, reps, n=50, order=3):
         "noise": "in-scan step without history + a noise draw (threefry keys: fold_in + normal)",
         "noise_xla": "in-scan step without history + a noise draw (threefry_xla keys: fold_in + "
                      "normal)",
+        "noise_xla_fused": "in-scan step without history + a noise draw (threefry_xla keys, "
+                           "words not materialized: XLA fuses the Threefry expansion into the "
+                           "transform)",
     }
     h0 = jnp.zeros((order,) + x.shape, x.dtype)
     fs = {k: scan(v) for k, v in variants.items()}
@@ -604,6 +617,11 @@ def findings(res):
                 L.append(f"- The same noise draw inside a `lax.scan` with {kname} keys adds "
                          f"{(in_scan - floor) * 1e6:.0f} us per step = "
                          f"{100 * (in_scan - floor) / mc:.1f}% of a model call.")
+        fused = next((v for k, v in m.items() if "words not materialized" in k), None)
+        if floor is not None and fused is not None:
+            L.append(f"- With threefry_xla keys whose words XLA fuses into the transform (no "
+                     f"conditional, `prng._materialized`) the draw adds {(fused - floor) * 1e6:.0f}"
+                     f" us per step = {100 * (fused - floor) / mc:.1f}% of a model call.")
         hist = {k: v for k, v in m.items() if k.startswith("in-scan")}
         if hist:
             L.append("- Multistep history inside a scan, per step: " + "; ".join(

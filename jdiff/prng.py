@@ -4,8 +4,9 @@ Stochastic solvers (``ddpm``, ``euler_ancestral``, ``dpmpp_2m_sde``, ``dpmpp_3m_
 Gaussian per element per step with ``jax.random.normal(fold_in(key, i), x.shape)``; they use
 whatever key implementation the caller's key carries. With JAX's default key (``threefry2x32``),
 XLA:CPU builds the counter-mode stream from JAX's own Threefry graph, which it runs on one thread
-with little vectorisation: for a 1024 x 64 batch the draw costs about 4-5% of a model call of the
-MLP in ``benchmarks/speed.py``; with these keys about half as much (measured there, side by side).
+with little vectorisation: for a 1024 x 64 batch the draw costs 4-6% of a model call of the MLP
+in ``benchmarks/speed.py``; with these keys 35-60% as much (measured there, side by side, on two
+2-core VMs).
 
 :func:`key` returns keys of the implementation :data:`THREEFRY_XLA`:
 
@@ -17,6 +18,10 @@ MLP in ``benchmarks/speed.py``; with these keys about half as much (measured the
   the 64-bit counter ``(w2, w3)`` (low word first); tested word for word against
   ``jax.extend.random.threefry_2x32``. XLA's own RngBitGenerator lowering runs it faster than
   JAX's Threefry graph on XLA:CPU. (64-bit integers are enabled only while tracing the draw.)
+  On CPU the words are computed into a buffer of their own before they are transformed
+  (:func:`_materialized`): inside a sampler's ``lax.scan`` this makes a 1024 x 64 Gaussian draw
+  about 30% cheaper; a draw jitted on its own, with nothing to fuse into, is up to about 10%
+  slower (measured on a 2-core AVX-512 VM).
 * ``seed``, ``split`` and ``fold_in``: those of JAX's ``rbg`` implementation, which hash the two
   64-bit halves of the state with Threefry alike (both halves stay equal: the stream of a key
   ``(a, b, a, b)`` is Threefry under key ``(a, b)`` from counter ``(a, b)``), so keys derived from
@@ -52,7 +57,8 @@ from jax import lax
 _UINT = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
 
 
-def _threefry_xla_bits(key_data: jax.Array, bit_width: int, shape) -> jax.Array:
+def _threefry_xla_bits(key_data: jax.Array, bit_width: int, shape, *,
+                       materialize: bool = True) -> jax.Array:
     """``bit_width``-bit random integers of ``shape`` from a uint32[4] key state.
 
     XLA generates 64-bit words (one Threefry block each: ``y0 | y1 << 32``), bitcast to pairs
@@ -65,6 +71,9 @@ def _threefry_xla_bits(key_data: jax.Array, bit_width: int, shape) -> jax.Array:
     Under ``jax.vmap`` over keys each key draws its own stream (a loop over the keys):
     ``lax.rng_bit_generator``'s own batching rule would draw every batch member's bits from the
     first key's stream.
+
+    ``materialize=False`` skips :func:`_materialized` (the same words; kept for the side-by-side
+    timing in ``benchmarks/speed.py``).
     """
     if key_data.shape != (4,) or key_data.dtype != jnp.uint32:
         raise TypeError(f"threefry_xla keys are uint32[4], got {key_data.dtype}{list(key_data.shape)}")
@@ -83,7 +92,12 @@ def _threefry_xla_bits(key_data: jax.Array, bit_width: int, shape) -> jax.Array:
     def draw(kd):
         if bit_width == 64:
             return blocks(kd, size).reshape(shape)
-        words = blocks(kd, (size + 1) // 2)
+        n = (size + 1) // 2
+        if materialize:
+            words = lax.platform_dependent(kd, cpu=lambda k: _materialized(blocks, k, n),
+                                           default=lambda k: blocks(k, n))
+        else:
+            words = blocks(kd, n)
         words = words if size % 2 == 0 else words[:size]
         return words.reshape(shape).astype(_UINT[bit_width])
 
@@ -94,6 +108,23 @@ def _threefry_xla_bits(key_data: jax.Array, bit_width: int, shape) -> jax.Array:
         return lax.map(draw, kd), True
 
     return draw(key_data)
+
+
+def _materialized(words_fn, kd: jax.Array, n: int) -> jax.Array:
+    """``words_fn(kd, n)``, computed by XLA:CPU into a buffer of its own before any consumer runs.
+
+    XLA:CPU otherwise fuses the Threefry expansion into the kernel that consumes the words
+    (e.g. the uniform-to-Gaussian transform and a solver's update), where each output element
+    extracts its word from its 64-bit block by index parity: every block is computed twice and
+    the consumer's loop vectorises worse. Returning the words from a ``lax.cond`` keeps them
+    out of the consumer's fusion. Its predicate is always true (``x + 1 != x`` in wrapping
+    uint32 arithmetic) but is not folded by XLA. Measured in ``benchmarks/speed.py``'s
+    micro-benchmarks: a 1024 x 64 Gaussian draw inside ``lax.scan`` takes about 30% less time;
+    the words are unchanged. Used on CPU only (``lax.platform_dependent``): a conditional
+    costs a host round trip on GPU.
+    """
+    return lax.cond(kd[0] != kd[0] + jnp.uint32(1), lambda k: words_fn(k, n),
+                    lambda k: jnp.zeros((2 * n,), jnp.uint32), kd)
 
 
 _RBG = jex_random.rbg_prng_impl

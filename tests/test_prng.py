@@ -117,3 +117,27 @@ def test_vmap_of_sample_over_keys_equals_per_key_samples(vp):
                        for i in range(3)])
     np.testing.assert_allclose(np.asarray(batched), single, atol=1e-6)
     assert not np.allclose(single[0], single[1])
+
+
+def test_cpu_draw_keeps_words_out_of_the_consumer_fusion():
+    """On CPU the 32-bit words come from a conditional (see ``prng._materialized``), so XLA
+    cannot fuse the Threefry expansion into the Gaussian transform; inside ``lax.scan`` and
+    under ``jit`` the draw equals the one outside, word for word."""
+    key = prng.key(11)
+
+    def scanned(key):
+        def body(c, i):
+            return c, jax.random.normal(jax.random.fold_in(key, i), (8, 4))
+        return jax.lax.scan(body, 0, jnp.arange(3))[1]
+
+    compiled = jax.jit(scanned).lower(key).compile().as_text()
+    assert "conditional(" in compiled
+    inside = np.asarray(jax.jit(scanned)(key))
+    for i in range(3):
+        outside = np.asarray(jax.random.normal(jax.random.fold_in(key, i), (8, 4)))
+        np.testing.assert_array_equal(inside[i].view(np.uint32), outside.view(np.uint32))
+    # the always-true predicate of the conditional, at the wrap-around
+    kd = jnp.array([0xFFFFFFFF, 0, 0, 0], jnp.uint32)
+    words = jax.jit(lambda k: prng._materialized(lambda k, n: jnp.full((2 * n,), 7, jnp.uint32),
+                                                 k, 3))(kd)
+    np.testing.assert_array_equal(np.asarray(words), np.full(6, 7, np.uint32))
