@@ -610,9 +610,8 @@ def findings(res):
         floor = next((v for k, v in m.items() if k.startswith("in-scan step without history (")),
                      None)
         for kname in ("threefry", "threefry_xla"):
-            in_scan = next((v for k, v in m.items()
-                            if k.startswith(f"in-scan step without history + a noise draw ({kname} ")),
-                           None)
+            label = f"in-scan step without history + a noise draw ({kname} keys: "
+            in_scan = next((v for k, v in m.items() if k.startswith(label)), None)
             if floor is not None and in_scan is not None:
                 L.append(f"- The same noise draw inside a `lax.scan` with {kname} keys adds "
                          f"{(in_scan - floor) * 1e6:.0f} us per step = "
