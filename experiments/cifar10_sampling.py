@@ -32,7 +32,7 @@ Steps:
    ``data_train.png``.
 
 The model function handed to the sampler comes from :meth:`jdiff.run.Run.model_fn` (one seam,
-``model_fn(x, t)``); accelerators and guidance wrap that function.
+``model_fn(x, t, args)``); accelerators and guidance wrap that function.
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ Quick start::
     x_0 = jdiff.sample(model_fn, schedule, jdiff.solvers.get_solver("heun"), grid, x_T)
 """
 
-from . import data, grids, losses, network, prediction, prng, schedules, solvers, testbeds, thresholding, training
+from . import (data, grids, hooks, losses, network, prediction, prng, schedules, solvers, statics, testbeds,
+               thresholding, training)
 from .reference import reference_solve
-from .sampling import init_noise, make_denoise, nfe, sample
+from .sampling import SampleState, init_noise, make_denoise, nfe, sample
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "losses", "network", "training", "grids", "prediction", "prng", "schedules", "solvers", "testbeds", "thresholding", "sample", "nfe", "init_noise",
+__all__ = ["data", "hooks", "statics", "SampleState", "losses", "network", "training", "grids", "prediction", "prng", "schedules", "solvers", "testbeds", "thresholding", "sample", "nfe", "init_noise",
            "make_denoise", "reference_solve", "__version__"]

@@ -152,11 +152,6 @@ def make_grid(
     return _continuous_points(schedule, name, n_steps + 1, t_max, t_min, rho)
 
 
-def final_is_zero(grid) -> bool:
-    """True when a concrete grid ends at t = 0 (clean data)."""
-    return float(np.asarray(grid)[-1]) == 0.0
-
-
 def check_grid(grid) -> None:
     """Raise ``ValueError`` unless a concrete grid is 1-D, finite, >= 0 and strictly decreasing."""
     g = np.asarray(grid)
@@ -169,4 +164,4 @@ def check_grid(grid) -> None:
 
 
 __all__ = ["GRIDS", "CONTINUOUS_GRIDS", "DISCRETE_GRIDS", "make_grid", "discrete_timesteps",
-           "final_is_zero", "check_grid"]
+           "check_grid"]

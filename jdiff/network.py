@@ -19,7 +19,7 @@ with ``x_hat = x_t / alpha_t`` and ``s = sigma_t / alpha_t`` (EDM preconditionin
 embeddings are meaningful) and ``log(sigma) / 4`` on sigma-time (VE/EDM) schedules.
 
 The one seam between training and sampling is :func:`make_model_fn`: it returns the
-``model_fn(x, t)`` that :func:`jdiff.sample` takes (as a ``jax.tree_util.Partial`` over the
+``model_fn(x, t, args)`` that :func:`jdiff.sample` takes (as a ``jax.tree_util.Partial`` over the
 parameters, so new parameters do not recompile the sampler), and the losses call the very same
 function, so a model trained with a parameterization is sampled with the matching prediction
 type (:func:`sampling_prediction`).
@@ -108,24 +108,40 @@ def apply_parameterized(net_apply, params, schedule, parameterization, x, t, y=N
     return c_skip * x_hat + c_out * out.astype(x.dtype)
 
 
+def labels_from_args(args, default=None):
+    """Class labels carried by ``args``: ``args["y"]`` of a mapping that has it, ``args`` itself
+    if it is an integer array, else ``default``."""
+    if args is None:
+        return default
+    if isinstance(args, dict) or hasattr(args, "keys"):
+        return args["y"] if "y" in args else default
+    if hasattr(args, "dtype") and jnp.issubdtype(args.dtype, jnp.integer):
+        return args
+    return default
+
+
 @dataclasses.dataclass(frozen=True)
 class _ParameterizedModel:
-    """Hashable ``(params, schedule, y, x, t) -> output``: the static part of a model function."""
+    """Hashable ``(params, schedule, y, x, t, args) -> output``: the static part of a model
+    function."""
 
     net_apply: Callable
     parameterization: str
 
-    def __call__(self, params, schedule, y, x, t):
+    def __call__(self, params, schedule, y, x, t, args=None):
+        y = labels_from_args(args, y)
         return apply_parameterized(self.net_apply, params, schedule, self.parameterization, x, t, y)
 
 
 def make_model_fn(net_apply, params, schedule, parameterization: str = "eps", y=None):
-    """``model_fn(x, t)`` for :func:`jdiff.sample`: a ``Partial`` over ``params``, schedule, ``y``.
+    """``model_fn(x, t, args)`` for :func:`jdiff.sample`: a ``Partial`` over ``params``, schedule
+    and default labels ``y``.
 
-    Pass ``prediction=sampling_prediction(parameterization)`` to ``sample``. ``y``: (batch,) int
-    labels for a class-conditional network (the null class gives the unconditional model).
-    Parameters, schedule tables and labels are traced leaves, so sampling with new parameters
-    reuses the compiled sampler.
+    Pass ``prediction=sampling_prediction(parameterization)`` to ``sample``. Labels for a
+    class-conditional network come from ``args`` (``args={"y": labels}`` or an int array of
+    shape (batch,); the null class gives the unconditional model), else from ``y``.
+    Parameters, schedule tables and labels are traced leaves, so sampling with new parameters or
+    labels reuses the compiled sampler.
     """
     check_parameterization(parameterization)
     return jax.tree_util.Partial(_ParameterizedModel(net_apply, parameterization), params, schedule, y)

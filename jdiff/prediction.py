@@ -13,13 +13,11 @@ With ``x_t = alpha x_0 + sigma eps`` a network may predict
 :func:`to_x0_eps` turns any of them into the pair ``(x0, eps)`` that solvers consume. It never
 divides by sigma except for ``x0 -> eps`` (solvers never evaluate a model at sigma = 0).
 
-EDM preconditioning (Karras et al. 2022, Table 1) is in :func:`edm_scalings` and
-:func:`edm_denoiser`.
+EDM preconditioning (Karras et al. 2022, Table 1) is in :func:`edm_scalings`; the one place that
+applies it to a network is :func:`jdiff.network.apply_parameterized`.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import jax.numpy as jnp
 
@@ -86,19 +84,3 @@ def edm_scalings(sigma, sigma_data: float = 0.5):
         1.0 / jnp.sqrt(s2),
         0.25 * jnp.log(sigma),
     )
-
-
-def edm_denoiser(raw_fn: Callable, schedule, sigma_data: float = 0.5) -> Callable:
-    """Wrap a raw network ``F(x_in, c_noise)`` as an ``x0`` model function ``D(x, t)``.
-
-    Works for any schedule through the scaled variable ``x_hat = x / alpha`` and
-    ``sigma_hat = sigma / alpha``: ``D = c_skip x_hat + c_out F(c_in x_hat, c_noise)``.
-    """
-
-    def model_fn(x, t):
-        a, s = schedule.alpha(t), schedule.sigma_hat(t)
-        c_skip, c_out, c_in, c_noise = edm_scalings(s, sigma_data)
-        x_hat = x / a
-        return c_skip * x_hat + c_out * raw_fn(c_in * x_hat, c_noise)
-
-    return model_fn

@@ -5,7 +5,7 @@ Gaussian per element per step with ``jax.random.normal(fold_in(key, i), x.shape)
 whatever key implementation the caller's key carries. With JAX's default key (``threefry2x32``),
 XLA:CPU builds the counter-mode stream from JAX's own Threefry graph, which it runs on one thread
 with little vectorisation: for a 1024 x 64 batch the draw costs 4-6% of a model call of the MLP
-in ``benchmarks/speed.py``; with these keys 35-60% as much (measured there, side by side, on two
+in ``benchmarks/prng_speed.py``; with these keys 35-60% as much (measured there, side by side, on two
 2-core VMs).
 
 :func:`key` returns keys of the implementation :data:`THREEFRY_XLA`:
@@ -66,14 +66,14 @@ def _threefry_xla_bits(key_data: jax.Array, bit_width: int, shape, *,
     ``bits(k, (a * b,)).reshape(a, b)``. (Asking XLA for 32-bit words directly lets it fuse its
     Threefry expansion into the consumers, where every block is computed twice, once per half:
     up to 2x slower than JAX's own Threefry inside multistep SDE solvers; measured with
-    ``benchmarks/speed.py``.) 8- and 16-bit draws keep the low bits of 32-bit words.
+    ``benchmarks/prng_speed.py``.) 8- and 16-bit draws keep the low bits of 32-bit words.
 
     Under ``jax.vmap`` over keys each key draws its own stream (a loop over the keys):
     ``lax.rng_bit_generator``'s own batching rule would draw every batch member's bits from the
     first key's stream.
 
     ``materialize=False`` skips :func:`_materialized` (the same words; kept for the side-by-side
-    timing in ``benchmarks/speed.py``).
+    timing in ``benchmarks/prng_speed.py``).
     """
     if key_data.shape != (4,) or key_data.dtype != jnp.uint32:
         raise TypeError(f"threefry_xla keys are uint32[4], got {key_data.dtype}{list(key_data.shape)}")
@@ -118,7 +118,7 @@ def _materialized(words_fn, kd: jax.Array, n: int) -> jax.Array:
     extracts its word from its 64-bit block by index parity: every block is computed twice and
     the consumer's loop vectorises worse. Returning the words from a ``lax.cond`` keeps them
     out of the consumer's fusion. Its predicate is always true (``x + 1 != x`` in wrapping
-    uint32 arithmetic) but is not folded by XLA. Measured in ``benchmarks/speed.py``'s
+    uint32 arithmetic) but is not folded by XLA. Measured in ``benchmarks/prng_speed.py``'s
     micro-benchmarks: a 1024 x 64 Gaussian draw inside ``lax.scan`` takes about 30% less time;
     the words are unchanged. Used on CPU only (``lax.platform_dependent``): a conditional
     costs a host round trip on GPU.

@@ -21,19 +21,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from .prediction import check_prediction, to_x0_eps
+from .statics import check_no_captured_arrays, combine, partition
 
 
 def _max_norm(y):
     return jnp.max(jnp.abs(y))
 
 
-@partial(jax.jit, static_argnames=("model_fn", "prediction", "rtol", "atol", "max_steps"))
-def _solve(schedule, x_T, t_start, t_end, *, model_fn, prediction, rtol, atol, max_steps):
-    def vector_field(sh, x_hat, args):  # noqa: ARG001
+@partial(jax.jit, static_argnames=("model_static", "prediction", "rtol", "atol", "max_steps"))
+def _solve(model_arrays, schedule, x_T, t_start, t_end, args, *, model_static, prediction, rtol,
+           atol, max_steps):
+    model_fn = combine(model_arrays, model_static)
+
+    def vector_field(sh, x_hat, args):
         t = schedule.t_of_log_snr(-jnp.log(sh))
         a, s = schedule.alpha(t), schedule.sigma(t)
         x = a * x_hat
-        _, eps = to_x0_eps(model_fn(x, t), x, a, s, prediction)
+        _, eps = to_x0_eps(model_fn(x, t, args), x, a, s, prediction)
         return eps
 
     at_zero = t_end == 0
@@ -45,6 +49,7 @@ def _solve(schedule, x_T, t_start, t_end, *, model_fn, prediction, rtol, atol, m
         t1=jnp.where(at_zero, 0.0, schedule.sigma_hat(safe_end)),
         dt0=None,
         y0=x_T / schedule.alpha(t_start),
+        args=args,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=_max_norm),
         max_steps=max_steps,
     )
@@ -58,6 +63,7 @@ def reference_solve(
     t_start: float,
     t_end: float,
     *,
+    args=None,
     prediction: str = "eps",
     rtol: float = 1e-10,
     atol: float = 1e-10,
@@ -66,17 +72,24 @@ def reference_solve(
     """Solve the PF-ODE from ``x_T`` at ``t_start`` to ``t_end`` in float64; returns NumPy float64.
 
     ``model_fn`` must give a finite prediction in float64 at every visited time; with
-    ``prediction="eps"`` it is evaluated at ``t_end`` even when that is 0. The compiled solve is
-    cached per ``model_fn`` (a static argument: reuse the same callable).
+    ``prediction="eps"`` it is evaluated at ``t_end`` even when that is 0. ``model_fn(x, t, args)``
+    is split as in :func:`jdiff.sample`: the arrays of a ``Partial`` and ``args`` are traced, the
+    rest is static (a plain closure compiles once per closure).
     """
     check_prediction(prediction)
+    from .sampling import check_model_signature
+
+    check_model_signature(model_fn)
+    model_arrays, model_static = partition(model_fn)
+    check_no_captured_arrays(model_static, "model_fn")
     t_start, t_end = float(t_start), float(t_end)
     if not t_start > t_end >= 0:
         raise ValueError(f"need t_start > t_end >= 0, got {t_start}, {t_end}")
     with jax.enable_x64(True):
         x = jnp.asarray(np.asarray(x_T, dtype=np.float64))
         out = _solve(
-            schedule, x, jnp.float64(t_start), jnp.float64(t_end),
-            model_fn=model_fn, prediction=prediction, rtol=rtol, atol=atol, max_steps=max_steps,
+            model_arrays, schedule, x, jnp.float64(t_start), jnp.float64(t_end), args,
+            model_static=model_static, prediction=prediction, rtol=rtol, atol=atol,
+            max_steps=max_steps,
         )
         return np.asarray(out, dtype=np.float64)

@@ -111,7 +111,7 @@ class Run:
         return self.module.init(key, x, jnp.zeros((1,)))
 
     def model_fn(self, params, y=None):
-        """``model_fn(x, t)`` for :func:`jdiff.sample` (prediction type :attr:`prediction`)."""
+        """``model_fn(x, t, args)`` for :func:`jdiff.sample` (prediction type :attr:`prediction`)."""
         if self.config.conditional and y is None:
             raise ValueError("a class-conditional model needs labels y (use the null class for unconditional)")
         return make_model_fn(self.net_apply, params, self.schedule, self.config.parameterization, y)

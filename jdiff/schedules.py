@@ -23,7 +23,8 @@ Kinds (constructors below):
 * :func:`vp_linear`: continuous VP SDE, ``beta(t) = beta_0 + t (beta_1 - beta_0)`` (Song et al.
   2021), ``log alpha(t) = -t^2 (beta_1 - beta_0) / 4 - t beta_0 / 2``.
 * :func:`vp_cosine`: Nichol & Dhariwal cosine schedule in continuous time,
-  ``log alpha(t) = log cos((t + s) / (1 + s) pi / 2) - log cos(s / (1 + s) pi / 2)``.
+  ``log alpha(t) = log cos((t + s) / (1 + s) pi / 2) - log cos(s / (1 + s) pi / 2)``, evaluated
+  in a cancellation-free form (see :class:`VPCosine`).
 * :func:`ve` and :func:`edm`: ``alpha = 1``, ``sigma = t`` (time *is* the noise level, as in
   k-diffusion and EDM, Karras et al. 2022).
 
@@ -252,6 +253,11 @@ def vp_linear(beta_0: float = 0.1, beta_1: float = 20.0, t_min: float = 1e-3) ->
 class VPCosine(_VPMixin):
     """Continuous cosine VP schedule (Nichol & Dhariwal 2021), as in DPM-Solver's JAX code.
 
+    With ``u(t) = (t + s) / (1 + s) pi / 2`` and ``u0 = u(0)``, ``alpha(t) = cos(u) / cos(u0)``.
+    ``log alpha`` is evaluated without cancellation (see :meth:`log_alpha`), so
+    ``sigma = sqrt(-expm1(2 log alpha))`` and ``log_snr`` (see :class:`_VPMixin`) keep full
+    relative precision down to ``t = 0``; :meth:`t_of_log_alpha` inverts it in the same way.
+
     ``t_max`` defaults to 0.9946, where beta would otherwise blow up (DPM-Solver's
     ``cosine_t_max`` for ``cosine_beta_max = 999``).
     """
@@ -261,16 +267,51 @@ class VPCosine(_VPMixin):
     t_max: float = struct.field(pytree_node=False, default=0.9946)
     name: str = struct.field(pytree_node=False, default="vp_cosine")
 
-    def _log_alpha_0(self):
-        return math.log(math.cos(self.s / (1.0 + self.s) * math.pi / 2.0))
+    def _u0(self) -> float:
+        return self.s / (1.0 + self.s) * math.pi / 2.0
 
     def log_alpha(self, t):
-        u = (jnp.asarray(t) + self.s) / (1.0 + self.s) * (math.pi / 2.0)
-        return jnp.log(jnp.cos(u)) - self._log_alpha_0()
+        """``log alpha = log(cos(u) / cos(u0))``, cancellation-free; ``k = pi / (2 (1 + s))``.
+
+        For ``t < 1/2`` (``alpha > 0.7``), with ``(u + u0) / 2 = (t + 2 s) k / 2``,
+        ``(u - u0) / 2 = t k / 2`` and
+        ``cos(u) - cos(u0) = -2 sin((u + u0) / 2) sin((u - u0) / 2)``:
+
+            log alpha = log1p(-2 sin((t + 2 s) k / 2) sin(t k / 2) / cos(u0)).
+
+        For ``t >= 1/2``, with ``cos(u) = sin(pi / 2 - u) = sin((1 - t) k)`` (``1 - t`` is exact
+        there in binary floating point):
+
+            log alpha = log(sin((1 - t) k)) - log(cos(u0)).
+        """
+        t = jnp.asarray(t)
+        k = math.pi / (2.0 * (1.0 + self.s))
+        c0 = math.cos(self._u0())
+        small = t < 0.5
+        ts, tl = jnp.where(small, t, 0.0), jnp.where(small, 0.5, t)  # no NaN in either branch
+        x = (-2.0 / c0) * jnp.sin((ts + 2.0 * self.s) * (0.5 * k)) * jnp.sin(ts * (0.5 * k))
+        return jnp.where(small, jnp.log1p(x), jnp.log(jnp.sin((1.0 - tl) * k)) - math.log(c0))
 
     def t_of_log_alpha(self, log_alpha):
-        u = jnp.arccos(jnp.exp(log_alpha + self._log_alpha_0()))
-        return u * 2.0 * (1.0 + self.s) / math.pi - self.s
+        """``t = (u - u0) 2 (1 + s) / pi`` with ``u - u0 = atan2(sin(u - u0), cos(u - u0))``.
+
+        With ``c0, s0 = cos(u0), sin(u0)``, ``e1 = expm1(log alpha)``, ``e2 = expm1(2 log alpha)``
+        (both <= 0) and ``cos(u) = c0 alpha``:
+
+            sin(u)      = sqrt(s0^2 - c0^2 e2),
+            sin(u - u0) = c0 (-c0^2 e2 / (sin(u) + s0) - s0 e1),
+            cos(u - u0) = c0^2 alpha + s0 sin(u),
+
+        each a sum of non-negative terms, so ``t`` keeps full relative precision as ``t -> 0``.
+        """
+        log_alpha = jnp.asarray(log_alpha)
+        u0 = self._u0()
+        c0, s0 = math.cos(u0), math.sin(u0)
+        e1, e2 = jnp.expm1(log_alpha), jnp.expm1(2.0 * log_alpha)
+        sin_u = jnp.sqrt(s0**2 - c0**2 * e2)
+        sin_d = c0 * (-(c0**2) * e2 / (sin_u + s0) - s0 * e1)
+        cos_d = c0**2 * jnp.exp(log_alpha) + s0 * sin_u
+        return jnp.arctan2(sin_d, cos_d) * (2.0 * (1.0 + self.s) / math.pi)
 
 
 def vp_cosine(s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946) -> VPCosine:

@@ -15,6 +15,8 @@ then sees the thresholded x0 and the matching ``eps = (x - alpha x0) / sigma``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 
@@ -26,14 +28,24 @@ def dynamic_threshold(x0, ratio: float = 0.995, max_value: float = float("inf"))
     return jnp.clip(x0, -s, s) / s
 
 
-def dynamic_thresholding(ratio: float = 0.995, max_value: float = float("inf")):
-    """The ``correct_x0`` function for :func:`jdiff.sample` (validated arguments)."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio is a quantile in [0, 1], got {ratio!r}")
-    if max_value < 1.0:
-        raise ValueError(f"max_value must be >= 1, got {max_value!r}")
+@dataclasses.dataclass(frozen=True)
+class DynamicThresholding:
+    """``correct_x0`` for :func:`jdiff.sample`: ``fn(x0, x, t, alpha, sigma, args) -> x0`` applying
+    :func:`dynamic_threshold`. Compares by value: re-creating it does not recompile ``sample``."""
 
-    def correct(x0):
-        return dynamic_threshold(x0, ratio, max_value)
+    ratio: float = 0.995
+    max_value: float = float("inf")
 
-    return correct
+    def __post_init__(self):
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"ratio is a quantile in [0, 1], got {self.ratio!r}")
+        if self.max_value < 1.0:
+            raise ValueError(f"max_value must be >= 1, got {self.max_value!r}")
+
+    def __call__(self, x0, x=None, t=None, alpha=None, sigma=None, args=None):  # noqa: ARG002
+        return dynamic_threshold(x0, self.ratio, self.max_value)
+
+
+def dynamic_thresholding(ratio: float = 0.995, max_value: float = float("inf")) -> DynamicThresholding:
+    """The ``correct_x0`` of :func:`jdiff.sample` for Imagen's dynamic thresholding (validated)."""
+    return DynamicThresholding(float(ratio), float(max_value))

@@ -37,6 +37,8 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .xla_options import CPU_CONV_EIGEN  # noqa: F401  (re-exported as training.CPU_CONV_EIGEN)
+
 log = logging.getLogger(__name__)
 
 
@@ -186,13 +188,6 @@ def shard_batch(batch, mesh: Mesh):
         return jax.make_array_from_process_local_data(sharding, a, (global_rows,) + a.shape[1:])
 
     return jax.tree_util.tree_map(put, batch)
-
-
-# XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK, which runs kernel-gradient convolutions
-# (a window as large as the feature map) ~4.6x slower per FLOP than forward ones; keeping YNNPACK
-# for dots and reductions but convolutions on Eigen made the CIFAR-10 UNet training step 1.7x
-# faster (benchmarks/results/train_speed_1core.md). Experimental XLA option: re-check on upgrades.
-CPU_CONV_EIGEN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh | None = None, donate: bool = True,

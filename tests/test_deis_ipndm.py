@@ -224,7 +224,7 @@ def test_deis_equals_numpy_diffusers_formulas_float64(spacing):
         g = deis_grid(spacing, n)
         a, s = coeffs64(g)
         with jax.enable_x64(True):
-            ref = numpy_deis(lambda x, t: model(jnp.asarray(x), jnp.float64(t)), x_T, a, s, g, 3)
+            ref = numpy_deis(lambda x, t: model(jnp.asarray(x), jnp.float64(t), None), x_T, a, s, g, 3)
         err = max_abs(run_jdiff(tb, 3, spacing, n, x64=True), ref)
         assert err < 1e-9, (spacing, n, err)
 
@@ -398,7 +398,7 @@ def test_ipndm_equals_numpy_recurrence(vp, order_problem, final):
     a, s = coeffs64(g)
     with jax.enable_x64(True):
         m = jax.jit(model)
-        ref = numpy_ipndm(lambda x, t: m(jnp.asarray(x), jnp.float64(t)), x_T, a, s, g)
+        ref = numpy_ipndm(lambda x, t: m(jnp.asarray(x), jnp.float64(t), None), x_T, a, s, g)
     assert max_abs(run("ipndm", 16, final), ref) < 1e-10
 
 
@@ -413,14 +413,14 @@ def test_deis1_step_and_every_step_to_zero_is_ddim(vp):
         g = grid_coeffs(vp, jnp.asarray(grids.make_grid(vp, "logsnr", 4)), jnp.float64)
         x = jnp.asarray(rng.standard_normal((4, 3)))
         for i in range(4):
-            ref = ddim.step(denoise, jdiff.solvers.base.State(x, None), g, i, i == 3)
-            ours = SOLVERS["deis_1"].step(denoise, SOLVERS["deis_1"].init(x, g, None), g, i, i == 3)
+            ref, _ = ddim.step(denoise, jdiff.solvers.base.State(x, None), g, i, i == 3)
+            ours, _ = SOLVERS["deis_1"].step(denoise, SOLVERS["deis_1"].init(x, g, None), g, i, i == 3)
             np.testing.assert_allclose(np.asarray(ours.x), np.asarray(ref.x), rtol=1e-12,
                                        atol=1e-12)
         for name, solver in SOLVERS.items():
             state = solver.init(x, g, None)
             state = state._replace(hist=jnp.asarray(rng.standard_normal(state.hist.shape)))
-            ours = solver.step(denoise, state, g, 3, True)
+            ours, _ = solver.step(denoise, state, g, 3, True)
             np.testing.assert_allclose(np.asarray(ours.x), np.asarray(ref.x), rtol=1e-12,
                                        atol=1e-12, err_msg=name)
 
@@ -442,7 +442,7 @@ def counted_gaussian_model():
     """eps of 1-D N(0, 1/4) data per coordinate, counting calls: cheap to compile."""
     calls = []
 
-    def model(x, t):
+    def model(x, t, args=None):
         jax.debug.callback(lambda: calls.append(1))
         a, s = SCHEDULE.alpha(t), SCHEDULE.sigma(t)
         return s * x / (a**2 * 0.25 + s**2)
@@ -583,15 +583,15 @@ def test_lms_1_is_ddim_and_final_steps(vp):
     with jax.enable_x64(True):
         c = grid_coeffs(vp, jnp.asarray(grids.make_grid(vp, "logsnr", 4)), jnp.float64)
         x = jnp.asarray(rng.standard_normal((4, 3)))
-        want = jdiff.solvers.ddim().step(denoise, jdiff.solvers.base.State(x, None), c, 3, True)
+        want, _ = jdiff.solvers.ddim().step(denoise, jdiff.solvers.base.State(x, None), c, 3, True)
         solver = lms(4, euler_at_zero=True)
         state = solver.init(x, c, None)
         state = state._replace(hist=jnp.asarray(rng.standard_normal(state.hist.shape)))
-        got = solver.step(denoise, state, c, 3, True)
+        got, _ = solver.step(denoise, state, c, 3, True)
         np.testing.assert_allclose(np.asarray(got.x), np.asarray(want.x), rtol=1e-12, atol=1e-12)
         # the default final step is the order-4 polynomial step through the eps of steps 3..0,
         # read from the ring buffer (slot j % 4 holds step j's eps)
-        got = lms(4).step(denoise, state, c, 3, True)
+        got, _ = lms(4).step(denoise, state, c, 3, True)
         rho = np.asarray(c.sigma_hat)
         w = exact_lms_weights(rho[4], rho[3::-1])
         hist = np.asarray(state.hist)

@@ -106,11 +106,12 @@ def test_third_order_multistep_steady_state_order(vp, gauss64, predict_x0):
             # ring buffer: the output of step j lives in slot j % 3 (slot 2 is written at step 2)
             hist = jnp.stack([outs[0], outs[1], jnp.zeros_like(x_T)])
             state = MultistepState(x=xs[2], key=jax.random.key(0), hist=hist,
-                                   hist_lam=jnp.stack([g.lam[0], g.lam[1], g.lam[0] - 1.0]))
+                                   hist_lam=jnp.stack([g.lam[0], g.lam[1], g.lam[0] - 1.0]),
+                                   start=jnp.int32(0))
 
             @jax.jit
             def run(state, g):
-                return jax.lax.fori_loop(2, n, lambda i, s: solver.step(denoise, s, g, i), state)
+                return jax.lax.fori_loop(2, n, lambda i, s: solver.step(denoise, s, g, i)[0], state)
 
             x = run(state, g).x
             exact = gaussian_ode_solution(gauss64, vp, x_T, grid[0], grid[-1])
@@ -155,7 +156,7 @@ def test_finite_at_every_nfe_up_to_30(vp, name):
 def test_nfe_exact(vp, name, final):
     calls = []
 
-    def counted(x, t):
+    def counted(x, t, args=None):
         jax.debug.callback(lambda: calls.append(1))
         return 0.1 * x
 

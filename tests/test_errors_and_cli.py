@@ -46,7 +46,7 @@ def test_nfe_below_minimum(capsys):
     code, _, err = run_cli(capsys, "bench", "steps", "--nfe", "0")
     assert code == 2 and "positive" in err
     with pytest.raises(ValueError, match="at least 2 steps"):
-        jdiff.sample(lambda x, t: x, jdiff.schedules.vp_discrete(), solvers.get_solver("heun"),
+        jdiff.sample(lambda x, t, args: x, jdiff.schedules.vp_discrete(), solvers.get_solver("heun"),
                      np.array([1.0, 0.0]), jnp.ones((1, 2)))
 
 
@@ -68,7 +68,7 @@ def test_malformed_spec_cli(capsys, tmp_path):
 
 def test_stochastic_needs_key():
     with pytest.raises(ValueError, match="stochastic: pass a PRNG key"):
-        jdiff.sample(lambda x, t: x, jdiff.schedules.vp_discrete(), solvers.get_solver("ddpm"),
+        jdiff.sample(lambda x, t, args: x, jdiff.schedules.vp_discrete(), solvers.get_solver("ddpm"),
                      grids.make_grid(jdiff.schedules.vp_discrete(), "logsnr", 3), jnp.ones((1, 2)))
 
 
@@ -76,7 +76,7 @@ def test_non_finite_values_name_first_bad_step():
     vp = jdiff.schedules.vp_discrete()
     g = grids.make_grid(vp, "uniform_t", 6)
 
-    def model(x, t):  # blows up once t < 0.45
+    def model(x, t, args=None):  # blows up once t < 0.45
         return jnp.where(t < 0.45, jnp.nan, 0.1 * x)
 
     with pytest.raises(ValueError, match=r"first appeared at step 3 \(t=0.4006 -> 0.2008\)"):

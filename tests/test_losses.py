@@ -138,9 +138,9 @@ def test_model_fn_matches_prediction_conversion():
     t = jnp.float32(0.4)
     params = {"a": 0.5}
     a, s = sched.alpha(t), sched.sigma(t)
-    ref = to_x0_eps(network.make_model_fn(_eps_net, params, sched, "eps")(x, t), x, a, s, "eps")
+    ref = to_x0_eps(network.make_model_fn(_eps_net, params, sched, "eps")(x, t, None), x, a, s, "eps")
     for kind in ("x0", "v"):
-        out = network.make_model_fn(_as(kind, sched), params, sched, kind)(x, t)
+        out = network.make_model_fn(_as(kind, sched), params, sched, kind)(x, t, None)
         got = to_x0_eps(out, x, a, s, network.sampling_prediction(kind))
         np.testing.assert_allclose(got[0], ref[0], atol=2e-5)
         np.testing.assert_allclose(got[1], ref[1], atol=2e-5)

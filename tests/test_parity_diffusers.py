@@ -147,7 +147,7 @@ def numpy_ddim(testbed: str, x_T, timesteps, prev_timesteps) -> np.ndarray:
     for t, p in zip(timesteps, prev_timesteps):
         a_t = ac[t]
         a_p = ac[p] if p >= 0 else one
-        eps = np.asarray(fn(x, np.float32((t + 1) / 1000)))
+        eps = np.asarray(fn(x, np.float32((t + 1) / 1000), None))
         x0 = (x - np.sqrt(one - a_t) * eps) / np.sqrt(a_t)
         x = np.sqrt(a_p) * x0 + np.sqrt(one - a_p) * eps
     return x

@@ -194,8 +194,8 @@ def model_fn(testbed: str, prediction: str = "eps"):
     prediction (each new closure would compile anew)."""
     exact = jdiff.testbeds.get_testbed(testbed).model_fn(SCHEDULE, prediction)
 
-    def fn(x, t):
-        return exact(x.astype(jnp.float64), jnp.asarray(t).astype(jnp.float64)).astype(x.dtype)
+    def fn(x, t, args=None):
+        return exact(x.astype(jnp.float64), jnp.asarray(t).astype(jnp.float64), args).astype(x.dtype)
 
     return fn
 
@@ -469,7 +469,7 @@ def numpy_sde_dpmpp(tb: str, n: int, order: int, d2_const: float) -> np.ndarray:
     hist = []
     for i, t in enumerate(ts):
         with jax.enable_x64(True):
-            eps = np.asarray(fn(x.astype(np.float32), np.float32((t + 1) / 1000)), np.float64)
+            eps = np.asarray(fn(x.astype(np.float32), np.float32((t + 1) / 1000), None), np.float64)
         hist.append((x - sigma[i] * eps) / alpha[i])
         if i == n - 1:  # final sigma 0: the first-order step returns x0
             return hist[-1]

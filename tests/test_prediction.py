@@ -1,6 +1,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import jdiff
 import pytest
 
 from jdiff import prediction, schedules
@@ -28,6 +30,7 @@ def test_edm_scalings_and_denoiser():
     assert float(c_skip) == pytest.approx(0.5) and float(c_in) == pytest.approx(1 / np.sqrt(0.5))
     assert float(c_out) == pytest.approx(0.25 / np.sqrt(0.5)) and float(c_noise) == pytest.approx(np.log(0.5) / 4)
     # with a zero network the EDM denoiser is the optimal linear shrinkage for unit-sigma_data data
-    d = prediction.edm_denoiser(lambda x, c: jnp.zeros_like(x), schedules.edm())
+    zero_net = lambda params, x, c, y, train, key: jnp.zeros_like(x)  # noqa: E731
+    d = jdiff.network.make_model_fn(zero_net, None, schedules.edm(), "edm")
     x = jnp.ones((2, 3))
-    np.testing.assert_allclose(np.asarray(d(x, jnp.float32(2.0))), 0.25 / 4.25, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(d(x, jnp.float32(2.0), None)), 0.25 / 4.25, rtol=1e-6)

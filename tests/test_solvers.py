@@ -120,7 +120,7 @@ def test_euler_equals_ddim_and_ancestral_equals_ddpm(vp, mix):
 def test_nfe_is_exact(vp, name, final, dtz):
     calls = []
 
-    def counted(x, t):
+    def counted(x, t, args=None):
         jax.debug.callback(lambda: calls.append(1))
         return jnp.zeros_like(x)
 
@@ -188,7 +188,7 @@ def test_ddpm_samples_the_data_distribution(vp):
 
 def test_partial_model_is_traced(vp):
     """A jax.tree_util.Partial model passes its arrays as traced arguments (no recompile)."""
-    def model(w, x, t):
+    def model(w, x, t, args):
         return w * x
 
     g = grids.make_grid(vp, "logsnr", 3)

@@ -96,6 +96,38 @@ def test_mixed_precision_keeps_float32_params_and_learns():
     np.testing.assert_allclose(final["None"], final[str(jnp.bfloat16)], rtol=0.1)
 
 
+def test_compute_dtype_casts_the_forward_pass_and_keeps_float32_updates():
+    """With ``compute_dtype=bfloat16`` the loss sees bfloat16 parameters and inputs (the cast is
+    really applied), while the gradients, the optimizer update and the stored parameters stay
+    float32: the bf16 step's gradient equals the float32 gradient of the bf16-rounded problem."""
+    seen = {}
+
+    def loss_fn(params, batch, key):  # a quadratic whose gradient shows the rounding
+        seen["w"], seen["x"] = params["w"].dtype, batch["x"].dtype
+        r = batch["x"] @ params["w"] - 1.0
+        return jnp.mean(r.astype(jnp.float32) ** 2), {}
+
+    params = {"w": jnp.full((3, 2), 1.0 / 3.0, jnp.float32)}
+    batch = {"x": jnp.full((4, 3), 1.0 / 7.0, jnp.float32)}
+    opt = training.make_optimizer(1e-2)
+    out = {}
+    for dtype in (None, jnp.bfloat16):
+        state = training.create_train_state(params, opt)
+        new, metrics = training.make_train_step(loss_fn, opt, compute_dtype=dtype)(state, batch)
+        out[str(dtype)] = (seen["w"], seen["x"], new, float(metrics["grad_norm"]))
+    w32, x32, st32, gn32 = out["None"]
+    w16, x16, st16, gn16 = out[str(jnp.bfloat16)]
+    assert (w32, x32) == (jnp.float32, jnp.float32)
+    assert (w16, x16) == (jnp.bfloat16, jnp.bfloat16)
+    assert st16.params["w"].dtype == jnp.float32
+    # the bf16 gradient is that of the rounded problem, not the float32 one
+    xb, wb = np.float32(jnp.bfloat16(1.0 / 7.0)), np.float32(jnp.bfloat16(1.0 / 3.0))
+    r = np.float32(jnp.bfloat16(3 * xb * wb)) - 1.0
+    grad = 2.0 * r * xb * 4 / 8  # d/dw_ij mean_k,j (x_k . w_j - 1)^2 = 2 r x / (rows of w cols)
+    assert gn16 != gn32
+    np.testing.assert_allclose(gn16, abs(grad) * np.sqrt(6), rtol=1e-2)
+
+
 def _small_state(value: float, step: int):
     opt = training.make_optimizer(1e-3)
     params = {"w": jnp.full((4, 3), value), "b": jnp.arange(3.0) + value}

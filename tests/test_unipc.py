@@ -266,7 +266,7 @@ NFE_SOLVERS = {"unipc_bh2": DEFAULTS["unipc_bh2"], "ddim+unic": unic(ddim())}
 def test_nfe_is_exact(vp, name, final):
     calls = []
 
-    def counted(x, t):
+    def counted(x, t, args=None):
         jax.debug.callback(lambda: calls.append(1))
         return 0.1 * x
 

@@ -3,7 +3,7 @@
     model = MLP(features=512, depth=4, time_embedding_dim=128)
     params = model.init(jax.random.key(0), jnp.zeros((1, dim)), 0.5)
     out = model.apply(params, x, t)                       # x: (batch, dim), t: () or (batch,)
-    model_fn = jax.tree_util.Partial(model.apply, params)  # for jdiff.sample: params are traced
+    model_fn = make_model_fn(flax_net(model), params, schedule)  # jdiff.network; params traced
 
 Architecture (``depth`` hidden layers of width ``features``, SiLU activations)::
 

@@ -9,15 +9,15 @@ DPM-Solver++ ``dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, dpmpp_2s, dpmpp_2m_sde, dpmpp_
 
 from __future__ import annotations
 
-from .base import GridCoeffs, Solver, State, grid_coeffs
-from .first_order import ddim, ddpm, euler, euler_ancestral
-from .dpm_solver import (dpm_solver, dpm_solver_multistep, dpmpp_2m, dpmpp_2m_heun, dpmpp_2m_sde,
+from .base import Evaluation, GridCoeffs, MultistepState, Solver, State, grid_coeffs
+from .first_order import DDIM, Euler, EulerAncestral, ddim, ddpm, euler, euler_ancestral
+from .dpm_solver import (DPMSolverMultistep, dpm_solver, dpm_solver_multistep, dpmpp_2m, dpmpp_2m_heun, dpmpp_2m_sde,
                          dpmpp_3m, dpmpp_3m_sde)
-from .dpm_solver_single import dpm_solver_singlestep, dpmpp_2s
-from .deis_ipndm import DEIS_IPNDM_SOLVERS
-from .heun import heun
-from .lms import LMS_SOLVERS, lms
-from .unipc import UNIPC_SOLVERS, unic, unipc
+from .dpm_solver_single import DPMpp2S, DPMSolverSinglestep, dpm_solver_singlestep, dpmpp_2s
+from .deis_ipndm import DEIS, DEIS_IPNDM_SOLVERS, IPNDM, deis, ipndm
+from .heun import Heun, heun
+from .lms import LMS, LMS_SOLVERS, lms
+from .unipc import UNIPC_SOLVERS, UniC, UniPC, unic, unipc
 
 SOLVERS = {
     "ddpm": ddpm,
@@ -61,7 +61,9 @@ def steps_for_nfe(solver: Solver, nfe: int, final_zero: bool = True) -> int:
     return n
 
 
-__all__ = ["Solver", "State", "GridCoeffs", "grid_coeffs", "SOLVERS", "get_solver", "steps_for_nfe",
+__all__ = ["Solver", "State", "MultistepState", "Evaluation", "GridCoeffs", "DDIM", "Euler",
+           "EulerAncestral", "Heun", "DPMSolverMultistep", "DPMSolverSinglestep", "DPMpp2S", "UniPC",
+           "UniC", "DEIS", "IPNDM", "LMS", "deis", "ipndm", "grid_coeffs", "SOLVERS", "get_solver", "steps_for_nfe",
            "ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpm_solver", "dpm_solver_multistep",
            "dpm_solver_singlestep", "dpmpp_2m", "dpmpp_2m_heun", "dpmpp_3m", "dpmpp_2s",
            "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "unic", "lms"]

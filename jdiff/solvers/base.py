@@ -1,22 +1,34 @@
-"""The solver interface: a NamedTuple of pure functions, in the spirit of optax.
+"""The solver protocol: frozen dataclasses of options with pure ``init`` / ``step`` methods.
 
-A solver is::
+A solver is an instance of a subclass of :class:`Solver`, in the spirit of optax's
+``GradientTransformation`` and diffrax's solvers::
 
-    solver.init(x_T, grid, key) -> state            # fixed-shape pytree; state.x is the sample
-    solver.step(denoise, state, grid, i, to_zero)   # one step from grid.t[i] to grid.t[i + 1]
+    state = solver.init(x_T, grid, key, start=0)            # fixed-shape pytree; state.x is the sample
+    state, outputs = solver.step(denoise, state, grid, i, to_zero)   # grid.t[i] -> grid.t[i + 1]
 
-``grid`` is a :class:`GridCoeffs` (times with their alpha, sigma, sigma_hat), ``i`` the step
-index (traced inside the sampling scan), ``to_zero`` a static flag that is True only for a final
-step that lands on sigma = 0 (solvers such as Heun skip work there). ``denoise(x, t, alpha,
-sigma)`` calls the model once and returns ``(x0, eps)``.
+``grid`` is a :class:`GridCoeffs` (times with their alpha, sigma, sigma_hat, log-SNR) of the
+*full* grid; ``i`` the step index (traced inside the sampling scan); ``to_zero`` a static flag,
+True only for a final step that lands on sigma = 0 (Heun skips its corrector there, ...).
+``denoise(x, t, alpha, sigma)`` calls the model once and returns ``(x0, eps)``. ``outputs`` is a
+tuple of :class:`Evaluation`, one per model call of the step in call order, so that a wrapper can
+cache them (DualFast, UniC).
 
-Static metadata: ``order`` (nominal convergence order), ``stochastic``, ``min_steps`` and
+``start``: the grid index the run starts at. Order rules are computed on the full grid: the
+multistep warm-up counts the outputs available since ``start`` (``min(order, i - start + 1)``),
+lower-order final steps count from the end of the full grid. A run split at step k and resumed
+from the returned state is bit-identical to the unsplit run (tested).
+
+Value semantics: solvers are frozen dataclasses, so two solvers with the same options compare and
+hash equal and :func:`jdiff.sample` (which takes the solver as a static argument) does not
+recompile for a re-created one. Static metadata: ``name``, ``order`` (the global convergence
+order measured on smooth problems, see each solver's docstring), ``stochastic``, ``min_steps`` and
 ``nfe(n_steps, final_zero)``, the exact number of model evaluations.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,40 +64,100 @@ def grid_coeffs(schedule, grid, dtype) -> GridCoeffs:
     )
 
 
+class Evaluation(NamedTuple):
+    """One model call as a solver used it: the data and noise predictions at (x, t)."""
+
+    x0: jnp.ndarray
+    eps: jnp.ndarray
+
+
 class State(NamedTuple):
-    """State of one-step solvers: the sample and a PRNG key (unused by ODE solvers)."""
+    """State of one-step solvers: the sample and the solver's PRNG key (unused by ODE solvers)."""
 
     x: jnp.ndarray
     key: Any
 
 
-Denoise = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], tuple]
+class MultistepState(NamedTuple):
+    """State of multistep solvers: sample, key, ring buffers of model outputs and the start index.
+
+    ``hist[j % K]`` is the output of step j and ``hist_lam[j % K]`` the log-SNR where it was
+    evaluated (:func:`ring_write`); unwritten slots hold zeros and ``lam[start] - 1``. ``start``
+    (int32) is the grid index the run started at, for the warm-up orders.
+    """
+
+    x: jnp.ndarray
+    key: Any
+    hist: jnp.ndarray  # (K, *x.shape)
+    hist_lam: jnp.ndarray  # (K,)
+    start: jnp.ndarray  # () int32
 
 
-class Solver(NamedTuple):
-    name: str
-    init: Callable
-    step: Callable
-    nfe: Callable[[int, bool], int]
-    order: int
-    stochastic: bool = False
-    min_steps: int = 1
+def default_key(key):
+    """``key``, or a fixed key for deterministic solvers that never draw from it."""
+    return jax.random.key(0) if key is None else key
 
 
-def init_plain(x_T, grid, key):  # noqa: ARG001
-    """``init`` of solvers whose state is just the sample (and a key)."""
-    if key is None:
-        key = jax.random.key(0)
-    return State(x=x_T, key=key)
+def init_multistep(slots: int, x_T, grid, key, start=0) -> MultistepState:
+    """A :class:`MultistepState` with ``slots`` empty history slots."""
+    return MultistepState(
+        x=x_T,
+        key=default_key(key),
+        hist=jnp.zeros((slots,) + x_T.shape, x_T.dtype),
+        hist_lam=jnp.full((slots,), grid.lam[start] - 1.0, grid.lam.dtype),
+        start=jnp.asarray(start, jnp.int32),
+    )
 
 
-def one_nfe_per_step(n_steps: int, final_zero: bool) -> int:  # noqa: ARG001
-    return n_steps
+def multistep_order(order: int, i, start, n: int, lower_order_final: bool = False,
+                    below: int | None = None):
+    """Order of step ``i`` of a multistep solver on a grid of ``n`` steps, run from ``start``.
+
+    ``min(order, i - start + 1)`` (warm-up: only the outputs since ``start`` exist) and, with
+    ``lower_order_final`` (when ``below`` is None or ``n < below``), ``min(., n - i)``: order 1
+    on the last step, at most 2 on the one before (the diffusers rule; DPM-Solver and DEIS use
+    ``below = 15``, UniPC none).
+    """
+    k = jnp.minimum(order, i - start + 1)
+    if lower_order_final and (below is None or n < below):
+        k = jnp.minimum(k, n - i)
+    return k
 
 
 def step_key(state, i):
-    """Per-step key: ``fold_in(key, i)``, so the same key gives the same noise at each step."""
+    """Per-step key of the solver's stream: ``fold_in(state.key, i)``."""
     return jax.random.fold_in(state.key, i)
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver:
+    """Base class of every solver (see the module docstring). Subclasses are frozen dataclasses
+    whose fields are the solver's options; override ``init``, ``step`` and the metadata."""
+
+    order = 1  # global convergence order on smooth problems
+    stochastic = False
+    min_steps = 1
+
+    @property
+    def name(self) -> str:
+        label = getattr(self, "label", None)
+        return label if label else self.default_name()
+
+    def default_name(self) -> str:
+        return type(self).__name__.lower()
+
+    def init(self, x_T, grid: GridCoeffs, key=None, start=0):
+        """State before step ``start`` (one-step solvers: just the sample and the key)."""
+        del grid, start
+        return State(x=x_T, key=default_key(key))
+
+    def step(self, denoise, state, grid: GridCoeffs, i, to_zero: bool = False):
+        raise NotImplementedError
+
+    def nfe(self, n_steps: int, final_zero: bool) -> int:
+        """Exact number of model evaluations of ``n_steps`` steps (default: one per step)."""
+        del final_zero
+        return n_steps
 
 
 # ---- fixed-size ring buffers for multistep history ------------------------------------------
@@ -95,8 +167,7 @@ def step_key(state, i):
 # (the output of step i - K, no longer needed) and reads step i - j from slot (i - j) % K. Inside
 # ``lax.scan`` the write is an in-place ``dynamic_update_slice`` of the carried buffer, where
 # shifting the whole stack (``jnp.roll`` / ``concatenate``) copied all K slots every step
-# (measured ~35 us instead of ~140 us per step for K = 3 at 1024 x 64 float32 on 2 CPU cores,
-# ``benchmarks/speed.py``). Slots never written keep their initial value (zeros); callers give
+# (``benchmarks/step_micro.py``). Slots never written keep their initial value (zeros); callers give
 # them zero weight.
 
 
@@ -123,7 +194,7 @@ def ring_push_combine(hist, value, i, coeffs):
     ``(hist, sum_{j<K} coeffs[j] value_{i-j})``, ``coeffs[0]`` multiplying ``value`` itself.
 
     The sum is unrolled over the K static slots (on CPU about half the cost of
-    ``jnp.tensordot``). Slots of steps before 0 hold zeros and must get weight 0.
+    ``jnp.tensordot``). Slots of steps before the start hold zeros and must get weight 0.
     """
     value = value.astype(hist.dtype)
     coeffs = jnp.asarray(coeffs).astype(hist.dtype)

@@ -85,38 +85,19 @@ error, so the global order is 2 (measured 2.1-2.2 on logsnr grids; tests/test_de
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .base import Solver, one_nfe_per_step, ring_push_combine
+from .base import Evaluation, Solver, init_multistep, multistep_order, ring_push_combine
 
-__all__ = ["DEIS_IPNDM_SOLVERS", "MultistepState", "deis", "ipndm", "deis_coefficients",
+__all__ = ["DEIS_IPNDM_SOLVERS", "DEIS", "IPNDM", "deis", "ipndm", "deis_coefficients",
            "deis_step_order"]
 
 _SERIES_TERMS = 16  # Taylor terms of the moments for h < 1: truncation < 1 / (17 * 16!) ~ 3e-15
 _LOF_MAX_STEPS = 15  # diffusers applies lower_order_final only for fewer than 15 steps
-
-
-class MultistepState(NamedTuple):
-    """Sample, PRNG key (unused) and the last ``order`` eps values in a ring buffer."""
-
-    x: jnp.ndarray
-    key: Any
-    hist: jnp.ndarray  # (order, *x.shape); hist[j % order] = eps of step j (zeros if unwritten)
-
-
-def init_multistep(order: int):
-    """``init`` of a solver keeping the last ``order`` eps values (:class:`MultistepState`)."""
-    def init(x_T, grid, key):  # noqa: ARG001
-        if key is None:
-            key = jax.random.key(0)
-        return MultistepState(x=x_T, key=key, hist=jnp.zeros((order,) + x_T.shape, x_T.dtype))
-
-    return init
 
 
 def _moments(rho_s0, rho_t, h):
@@ -172,45 +153,61 @@ def deis_coefficients(rho_t, rho_s0, lam_t, lam_s0, lam_s1, lam_s2, k, max_order
     return c[:max_order]
 
 
-def deis_step_order(i, n: int, order: int, lower_order_final: bool = True):
+def deis_step_order(i, n: int, order: int, lower_order_final: bool = True, start=0):
     """Order diffusers' ``DEISMultistepScheduler.step`` uses at step ``i`` of ``n``."""
-    k = jnp.minimum(order, i + 1)
-    if lower_order_final and n < _LOF_MAX_STEPS:
-        k = jnp.minimum(k, n - i)
-    return k
+    return multistep_order(order, i, start, n, lower_order_final, _LOF_MAX_STEPS)
 
 
-def deis(order: int = 3, lower_order_final: bool = True, euler_at_zero: bool = True,
-         name: str | None = None) -> Solver:
+@dataclasses.dataclass(frozen=True)
+class DEIS(Solver):
     """DEIS tAB multistep sampler of order 1-3 in log-rho (diffusers' ``DEISMultistepScheduler``).
 
-    ``deis(1)`` is DDIM. ``lower_order_final`` mirrors diffusers (first order on the last step and
+    ``DEIS(1)`` is DDIM. ``lower_order_final`` mirrors diffusers (first order on the last step and
     at most second on the one before, for fewer than 15 steps). ``euler_at_zero``: a final step
     that lands on sigma = 0 is first order (see the module docstring).
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"DEIS order must be 1, 2 or 3, got {order!r}")
 
-    def step(denoise, state, grid, i, to_zero=False):
+    solver_order: int = 3
+    lower_order_final: bool = True
+    euler_at_zero: bool = True
+    label: str | None = None
+
+    def __post_init__(self):
+        if self.solver_order not in (1, 2, 3):
+            raise ValueError(f"DEIS order must be 1, 2 or 3, got {self.solver_order!r}")
+
+    @property
+    def order(self) -> int:
+        return self.solver_order
+
+    def default_name(self) -> str:
+        return f"deis_{self.solver_order}"
+
+    def init(self, x_T, grid, key=None, start=0):
+        return init_multistep(self.solver_order, x_T, grid, key, start)
+
+    def step(self, denoise, state, grid, i, to_zero=False):
+        order = self.solver_order
         n = grid.t.shape[0] - 1
         a_s0 = grid.alpha[i]
-        _, eps = denoise(state.x, grid.t[i], a_s0, grid.sigma[i])
-        k = 1 if (to_zero and euler_at_zero) else deis_step_order(i, n, order, lower_order_final)
+        x0, eps = denoise(state.x, grid.t[i], a_s0, grid.sigma[i])
+        if to_zero and self.euler_at_zero:
+            k = 1
+        else:
+            k = deis_step_order(i, n, order, self.lower_order_final, state.start)
         im1 = jnp.maximum(i - 1, 0)
         im2 = jnp.maximum(i - 2, 0)
         c = deis_coefficients(grid.sigma_hat[i + 1], grid.sigma_hat[i], grid.lam[i + 1],
                               grid.lam[i], grid.lam[im1], grid.lam[im2], k, order)
         hist, comb = ring_push_combine(state.hist, eps, i, c)
         x_hat = state.x / a_s0 + comb
-        return MultistepState(x=grid.alpha[i + 1] * x_hat, key=state.key, hist=hist)
+        return state._replace(x=grid.alpha[i + 1] * x_hat, hist=hist), (Evaluation(x0, eps),)
 
-    return Solver(
-        name=name or f"deis_{order}",
-        init=init_multistep(order),
-        step=step,
-        nfe=one_nfe_per_step,
-        order=order,
-    )
+
+def deis(order: int = 3, lower_order_final: bool = True, euler_at_zero: bool = True,
+         name: str | None = None) -> DEIS:
+    """DEIS of ``order`` 1-3 (:class:`DEIS`)."""
+    return DEIS(order, lower_order_final, euler_at_zero, name)
 
 
 _AB = np.asarray(  # NumPy, not a JAX array: cast to the grid dtype inside the step
@@ -223,33 +220,51 @@ _AB = np.asarray(  # NumPy, not a JAX array: cast to the grid dtype inside the s
 )
 
 
-def ipndm(max_order: int = 4, euler_at_zero: bool = True, name: str | None = None) -> Solver:
+@dataclasses.dataclass(frozen=True)
+class IPNDM(Solver):
     """iPNDM: constant-coefficient Adams-Bashforth (orders 1..``max_order`` <= 4) in (x/alpha, rho).
 
     ``euler_at_zero``: a final step that lands on sigma = 0 is an Euler step (ComfyUI's
-    ``sample_ipndm``), otherwise the AB step of the current order.
+    ``sample_ipndm``), otherwise the AB step of the current order. ``order`` is 2 (module
+    docstring: frozen AB coefficients on non-uniform grids).
     """
-    if max_order not in (1, 2, 3, 4):
-        raise ValueError(f"iPNDM max_order must be 1..4, got {max_order!r}")
-    table = _AB[:max_order, :max_order]
 
-    def step(denoise, state, grid, i, to_zero=False):
+    max_order: int = 4
+    euler_at_zero: bool = True
+    label: str | None = None
+
+    def __post_init__(self):
+        if self.max_order not in (1, 2, 3, 4):
+            raise ValueError(f"iPNDM max_order must be 1..4, got {self.max_order!r}")
+
+    @property
+    def order(self) -> int:
+        return min(self.max_order, 2)
+
+    def default_name(self) -> str:
+        return "ipndm" if self.max_order == 4 else f"ipndm_{self.max_order}"
+
+    def init(self, x_T, grid, key=None, start=0):
+        return init_multistep(self.max_order, x_T, grid, key, start)
+
+    def step(self, denoise, state, grid, i, to_zero=False):
+        table = _AB[:self.max_order, :self.max_order]
         a_s0 = grid.alpha[i]
-        _, eps = denoise(state.x, grid.t[i], a_s0, grid.sigma[i])
-        k = 1 if (to_zero and euler_at_zero) else jnp.minimum(max_order, i + 1)
+        x0, eps = denoise(state.x, grid.t[i], a_s0, grid.sigma[i])
+        if to_zero and self.euler_at_zero:
+            k = 1
+        else:
+            k = multistep_order(self.max_order, i, state.start, grid.t.shape[0] - 1)
         b = jnp.asarray(table, grid.sigma_hat.dtype)[k - 1]
         d_rho = grid.sigma_hat[i + 1] - grid.sigma_hat[i]
         hist, comb = ring_push_combine(state.hist, eps, i, b)
         x_hat = state.x / a_s0 + d_rho * comb
-        return MultistepState(x=grid.alpha[i + 1] * x_hat, key=state.key, hist=hist)
+        return state._replace(x=grid.alpha[i + 1] * x_hat, hist=hist), (Evaluation(x0, eps),)
 
-    return Solver(
-        name=name or ("ipndm" if max_order == 4 else f"ipndm_{max_order}"),
-        init=init_multistep(max_order),
-        step=step,
-        nfe=one_nfe_per_step,
-        order=min(max_order, 2),
-    )
+
+def ipndm(max_order: int = 4, euler_at_zero: bool = True, name: str | None = None) -> IPNDM:
+    """iPNDM (:class:`IPNDM`)."""
+    return IPNDM(max_order, euler_at_zero, name)
 
 
 def _deis_1() -> Solver:

@@ -50,13 +50,14 @@ One model evaluation per step: NFE = number of steps.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .base import Solver, ring_read, ring_write, step_key
+from .base import (Evaluation, MultistepState, Solver, init_multistep, multistep_order, ring_read,
+                   ring_write, step_key)
 
 _SERIES = 0.5  # below |z| < 0.5 use the Taylor series (9 terms: truncation < 1e-11 relative);
 # above it the closed forms lose at most ~25 ulp to cancellation (phi_3 at |z| = 0.5, float32)
@@ -91,32 +92,12 @@ def phi_3(z):
     return jnp.where(small, _phi_series(z, 3), (jnp.expm1(zs) - zs - zs**2 / 2) / zs**3)
 
 
-class MultistepState(NamedTuple):
-    """Sample, PRNG key and a ring buffer of the last ``order`` model outputs.
-
-    ``hist[j % order]`` is the output of step j and ``hist_lam[j % order]`` the log-SNR at which
-    it was evaluated (:func:`jdiff.solvers.base.ring_write`); before step i the slots of steps
-    i - 1, ..., i - order + 1 are read. Unwritten slots hold zeros and ``lam[0] - 1``.
-    """
-
-    x: jnp.ndarray
-    key: Any
-    hist: jnp.ndarray  # (order, *x.shape)
-    hist_lam: jnp.ndarray  # (order,)
-
-
-def multistep_init(order: int):
-    def init(x_T, grid, key):
-        if key is None:
-            key = jax.random.key(0)
-        return MultistepState(
-            x=x_T,
-            key=key,
-            hist=jnp.zeros((order,) + x_T.shape, x_T.dtype),
-            hist_lam=jnp.full((order,), grid.lam[0] - 1.0, grid.lam.dtype),
-        )
-
-    return init
+def check_order_and_type(order, solver_type: str) -> None:
+    """``ValueError`` unless ``order`` is 1-3 and ``solver_type`` is midpoint or heun."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
 
 
 def push(state: MultistepState, m, lam, i):
@@ -128,14 +109,6 @@ def push(state: MultistepState, m, lam, i):
     ms = [ring_read(hist, i - j) for j in range(k - 1, 0, -1)] + [m]
     lams = [ring_read(hist_lam, i - j) for j in range(k - 1, 0, -1)] + [lam]
     return hist, hist_lam, ms, lams
-
-
-def step_order(order: int, i, n: int, lower_order_final: bool, below: int):
-    """Order used at step i: warm-up ``min(order, i + 1)`` and the lower-order final steps."""
-    k = jnp.minimum(order, i + 1)
-    if lower_order_final and n < below:
-        k = jnp.minimum(k, n - i)
-    return k
 
 
 def differences(hist, hist_lam, lam_t, h, k):
@@ -160,6 +133,75 @@ def differences(hist, hist_lam, lam_t, h, k):
     return d1, d2
 
 
+@dataclasses.dataclass(frozen=True)
+class DPMSolverMultistep(Solver):
+    """DPM-Solver(++) multistep of ``order`` 1-3 (module docstring); see :func:`dpm_solver_multistep`."""
+
+    solver_order: int = 2
+    predict_x0: bool = True
+    solver_type: str = "midpoint"
+    eta: float = 0.0
+    s_noise: float = 1.0
+    reference_d2: bool = False
+    lower_order_final: bool = True
+    lower_order_final_below: int = 15
+    label: str | None = None
+
+    def __post_init__(self):
+        check_order_and_type(self.solver_order, self.solver_type)
+        if self.eta != 0.0 and not self.predict_x0:
+            raise ValueError("the SDE variant (eta > 0) is defined for the data form (predict_x0=True)")
+
+    @property
+    def order(self) -> int:
+        return self.solver_order
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta != 0.0
+
+    def default_name(self) -> str:
+        return (("dpmpp" if self.predict_x0 else "dpm_solver") + f"_{self.solver_order}m"
+                + ("_sde" if self.eta else ""))
+
+    def init(self, x_T, grid, key=None, start=0):
+        return init_multistep(self.solver_order, x_T, grid, key, start)
+
+    def step(self, denoise, state, grid, i, to_zero=False):
+        order, eta, predict_x0 = self.solver_order, self.eta, self.predict_x0
+        n = grid.t.shape[0] - 1
+        t, a_t, s_t, lam_t = grid.t[i], grid.alpha[i], grid.sigma[i], grid.lam[i]
+        a_s, s_s, lam_s = grid.alpha[i + 1], grid.sigma[i + 1], grid.lam[i + 1]
+        x0, eps = denoise(state.x, t, a_t, s_t)
+        out = (Evaluation(x0, eps),)
+        hist, hist_lam, ms, lams = push(state, x0 if predict_x0 else eps, lam_t, i)
+        if to_zero:  # sigma_s = 0: the order-1 step's limit is the data prediction
+            return state._replace(x=a_s * x0, hist=hist, hist_lam=hist_lam), out
+        h = lam_s - lam_t
+        k = multistep_order(order, i, state.start, n, self.lower_order_final,
+                            self.lower_order_final_below)
+        d1, d2 = differences(ms, lams, lam_t, h, k)
+        g = (1.0 + eta) * h
+        z = -g if predict_x0 else h
+        c1 = phi_1(z)
+        c2 = phi_2(z) if self.solver_type == "heun" else 0.5 * phi_1(z)
+        if order == 3:
+            c2 = jnp.where(k >= 3, phi_2(z), c2)
+        update = c1 * ms[-1]
+        if d1 is not None:
+            update = update + c2 * d1
+        if d2 is not None:
+            update = update + (1.0 if self.reference_d2 else 2.0) * phi_3(z) * d2
+        if predict_x0:
+            x = (s_s / s_t) * jnp.exp(-eta * h) * state.x + a_s * g * update
+            if eta != 0.0:
+                noise = jax.random.normal(step_key(state, i), state.x.shape, state.x.dtype)
+                x = x + self.s_noise * s_s * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)) * noise
+        else:
+            x = (a_s / a_t) * state.x - s_s * h * update
+        return state._replace(x=x, hist=hist, hist_lam=hist_lam), out
+
+
 def dpm_solver_multistep(
     order: int = 2,
     *,
@@ -171,7 +213,7 @@ def dpm_solver_multistep(
     lower_order_final: bool = True,
     lower_order_final_below: int = 15,
     name: str | None = None,
-) -> Solver:
+) -> DPMSolverMultistep:
     """DPM-Solver(++) multistep of ``order`` 1-3 (see module docstring).
 
     Args:
@@ -185,54 +227,8 @@ def dpm_solver_multistep(
         diffusers, k-diffusion) instead of the Taylor-correct ``2 phi_3`` (module docstring).
       lower_order_final, lower_order_final_below: diffusers' final-order rule.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    if solver_type not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-    if eta != 0.0 and not predict_x0:
-        raise ValueError("the SDE variant (eta > 0) is defined for the data form (predict_x0=True)")
-    eta = float(eta)
-
-    def step(denoise, state, grid, i, to_zero=False):
-        n = grid.t.shape[0] - 1
-        t, a_t, s_t, lam_t = grid.t[i], grid.alpha[i], grid.sigma[i], grid.lam[i]
-        a_s, s_s, lam_s = grid.alpha[i + 1], grid.sigma[i + 1], grid.lam[i + 1]
-        x0, eps = denoise(state.x, t, a_t, s_t)
-        hist, hist_lam, ms, lams = push(state, x0 if predict_x0 else eps, lam_t, i)
-        if to_zero:  # sigma_s = 0: the order-1 step's limit is the data prediction
-            return MultistepState(x=a_s * x0, key=state.key, hist=hist, hist_lam=hist_lam)
-        h = lam_s - lam_t
-        k = step_order(order, i, n, lower_order_final, lower_order_final_below)
-        d1, d2 = differences(ms, lams, lam_t, h, k)
-        g = (1.0 + eta) * h
-        z = -g if predict_x0 else h
-        c1 = phi_1(z)
-        c2 = phi_2(z) if solver_type == "heun" else 0.5 * phi_1(z)
-        if order == 3:
-            c2 = jnp.where(k >= 3, phi_2(z), c2)
-        update = c1 * ms[-1]
-        if d1 is not None:
-            update = update + c2 * d1
-        if d2 is not None:
-            update = update + (1.0 if reference_d2 else 2.0) * phi_3(z) * d2
-        if predict_x0:
-            x = (s_s / s_t) * jnp.exp(-eta * h) * state.x + a_s * g * update
-            if eta != 0.0:
-                noise = jax.random.normal(step_key(state, i), state.x.shape, state.x.dtype)
-                x = x + s_noise * s_s * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)) * noise
-        else:
-            x = (a_s / a_t) * state.x - s_s * h * update
-        return MultistepState(x=x, key=state.key, hist=hist, hist_lam=hist_lam)
-
-    default = ("dpmpp" if predict_x0 else "dpm_solver") + f"_{order}m" + ("_sde" if eta else "")
-    return Solver(
-        name=name or default,
-        init=multistep_init(order),
-        step=step,
-        nfe=lambda n_steps, final_zero: n_steps,
-        order=order,
-        stochastic=eta != 0.0,
-    )
+    return DPMSolverMultistep(order, predict_x0, solver_type, float(eta), float(s_noise),
+                              reference_d2, lower_order_final, lower_order_final_below, name)
 
 
 def dpmpp_2m(**kw) -> Solver:

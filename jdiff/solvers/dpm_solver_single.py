@@ -34,13 +34,13 @@ call), so NFE = 2n - 1 ending at 0 and 2n otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
-from .base import Solver, State, init_plain, ring_read, ring_write
-from .dpm_solver import phi_1, phi_2, phi_3
+from .base import Evaluation, Solver, State, default_key, ring_read, ring_write
+from .dpm_solver import check_order_and_type, phi_1, phi_2, phi_3
 
 
 def singlestep_orders(n: int, order: int, lower_order_final: bool = True,
@@ -72,40 +72,61 @@ class SinglestepState(NamedTuple):
     # <= ``order`` spans at most ``order`` steps, so hist[j % order] is the output of step j
     hist: jnp.ndarray  # (order, *x.shape)
     hist_lam: jnp.ndarray  # (order,) log-SNR of each
+    start: jnp.ndarray  # () int32, grid index the run started at
 
 
-def dpm_solver_singlestep(order: int = 2, *, predict_x0: bool = False, solver_type: str = "midpoint",
-                          lower_order_final: bool = True, name: str | None = None) -> Solver:
-    """Grouped singlestep DPM-Solver(++) of ``order`` 1-3 (module docstring)."""
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    if solver_type not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+@dataclasses.dataclass(frozen=True)
+class DPMSolverSinglestep(Solver):
+    """Grouped singlestep DPM-Solver(++) of ``order`` 1-3 (module docstring).
 
-    def init(x_T, grid, key):
-        return SinglestepState(x=x_T, key=jax.random.key(0) if key is None else key, x_start=x_T,
+    The group structure is that of the full grid (diffusers' order list); a run started at grid
+    index ``start`` without history treats ``start`` as a group start: step i uses order
+    ``min(orders[i], i - start + 1)``.
+    """
+
+    solver_order: int = 2
+    predict_x0: bool = False
+    solver_type: str = "midpoint"
+    lower_order_final: bool = True
+    label: str | None = None
+
+    def __post_init__(self):
+        check_order_and_type(self.solver_order, self.solver_type)
+
+    @property
+    def order(self) -> int:
+        return self.solver_order
+
+    def default_name(self) -> str:
+        return ("dpmpp" if self.predict_x0 else "dpm_solver") + f"_{self.solver_order}_single"
+
+    def init(self, x_T, grid, key=None, start=0):
+        order = self.solver_order
+        return SinglestepState(x=x_T, key=default_key(key), x_start=x_T,
                                hist=jnp.zeros((order,) + x_T.shape, x_T.dtype),
-                               hist_lam=jnp.full((order,), grid.lam[0] - 1.0, grid.lam.dtype))
+                               hist_lam=jnp.full((order,), grid.lam[start] - 1.0, grid.lam.dtype),
+                               start=jnp.asarray(start, jnp.int32))
 
-    def step(denoise, state, grid, i, to_zero=False):
+    def step(self, denoise, state, grid, i, to_zero=False):
+        order, predict_x0, solver_type = self.solver_order, self.predict_x0, self.solver_type
         n = grid.t.shape[0] - 1
         # whether the grid ends at 0 changes only the last order, and that step is traced
         # separately with to_zero: build the list as if it did not
-        orders = jnp.asarray(singlestep_orders(n, order, lower_order_final, False), jnp.int32)
+        orders = jnp.asarray(singlestep_orders(n, order, self.lower_order_final, False), jnp.int32)
         t, a_t, s_t, lam_t = grid.t[i], grid.alpha[i], grid.sigma[i], grid.lam[i]
         a_s, s_s, lam_s = grid.alpha[i + 1], grid.sigma[i + 1], grid.lam[i + 1]
         x0, eps = denoise(state.x, t, a_t, s_t)
+        out = (Evaluation(x0, eps),)
         m = x0 if predict_x0 else eps
         hist = ring_write(state.hist, m, i)
         hist_lam = ring_write(state.hist_lam, lam_t, i)
         if to_zero:
-            return SinglestepState(x=a_s * x0, key=state.key, x_start=state.x, hist=hist,
-                                   hist_lam=hist_lam)
-        k = orders[i]
+            return state._replace(x=a_s * x0, x_start=state.x, hist=hist, hist_lam=hist_lam), out
+        k = jnp.minimum(orders[i], i - state.start + 1)
         x_start = jnp.where(k == 1, state.x, state.x_start)
-        start = i - k + 1  # the group started at grid point i - k + 1 (>= 0 by the order list)
-        lam_g, m_g = ring_read(hist_lam, start), ring_read(hist, start)
-        a_g, s_g = grid.alpha[start], grid.sigma[start]
+        g = i - k + 1  # the group started at grid point i - k + 1 (>= start)
+        lam_g, m_g = ring_read(hist_lam, g), ring_read(hist, g)
+        a_g, s_g = grid.alpha[g], grid.sigma[g]
         h = lam_s - lam_g
         z = -h if predict_x0 else h
         corr = 0.0
@@ -131,25 +152,40 @@ def dpm_solver_singlestep(order: int = 2, *, predict_x0: bool = False, solver_ty
             x = (s_s / s_g) * x_start + a_s * h * update
         else:
             x = (a_s / a_g) * x_start - s_s * h * update
-        return SinglestepState(x=x, key=state.key, x_start=x_start, hist=hist, hist_lam=hist_lam)
-
-    default = ("dpmpp" if predict_x0 else "dpm_solver") + f"_{order}_single"
-    return Solver(name=name or default, init=init, step=step,
-                  nfe=lambda n_steps, final_zero: n_steps, order=order)
+        return state._replace(x=x, x_start=x_start, hist=hist, hist_lam=hist_lam), out
 
 
-def dpmpp_2s(solver_type: str = "midpoint", r: float = 0.5, name: str = "dpmpp_2s") -> Solver:
+def dpm_solver_singlestep(order: int = 2, *, predict_x0: bool = False, solver_type: str = "midpoint",
+                          lower_order_final: bool = True, name: str | None = None) -> DPMSolverSinglestep:
+    """Grouped singlestep DPM-Solver(++) of ``order`` 1-3 (:class:`DPMSolverSinglestep`)."""
+    return DPMSolverSinglestep(order, predict_x0, solver_type, lower_order_final, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMpp2S(Solver):
     """DPM-Solver++(2S): two model calls per step (module docstring)."""
-    if solver_type not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-    r = float(r)
 
-    def step(denoise, state, grid, i, to_zero=False):
+    solver_type: str = "midpoint"
+    r: float = 0.5
+    label: str | None = None
+    order = 2
+
+    def __post_init__(self):
+        check_order_and_type(2, self.solver_type)
+
+    def default_name(self) -> str:
+        return "dpmpp_2s"
+
+    def nfe(self, n_steps: int, final_zero: bool) -> int:
+        return 2 * n_steps - (1 if final_zero else 0)
+
+    def step(self, denoise, state, grid, i, to_zero=False):
+        r = self.r
         t, a_t, s_t, lam_t = grid.t[i], grid.alpha[i], grid.sigma[i], grid.lam[i]
         a_s, s_s, lam_s = grid.alpha[i + 1], grid.sigma[i + 1], grid.lam[i + 1]
-        x0, _ = denoise(state.x, t, a_t, s_t)
+        x0, eps = denoise(state.x, t, a_t, s_t)
         if to_zero:
-            return State(x=a_s * x0, key=state.key)
+            return State(x=a_s * x0, key=state.key), (Evaluation(x0, eps),)
         h = lam_s - lam_t
         # intermediate point at lam_u = lam_t + r h, mapped back to time through the schedule
         lam_u = lam_t + r * h
@@ -157,15 +193,18 @@ def dpmpp_2s(solver_type: str = "midpoint", r: float = 0.5, name: str = "dpmpp_2
         t_u = sch.t_of_log_snr(lam_u).astype(state.x.dtype)
         a_u, s_u = sch.alpha(t_u).astype(state.x.dtype), sch.sigma(t_u).astype(state.x.dtype)
         x_u = (s_u / s_t) * state.x + a_u * (r * h) * phi_1(-r * h) * x0
-        x0_u, _ = denoise(x_u, t_u, a_u, s_u)
-        if solver_type == "midpoint":
+        x0_u, eps_u = denoise(x_u, t_u, a_u, s_u)
+        if self.solver_type == "midpoint":
             upd = phi_1(-h) * (x0 + (x0_u - x0) / (2.0 * r))
         else:
             upd = phi_1(-h) * x0 + phi_2(-h) * (x0_u - x0) / r
-        return State(x=(s_s / s_t) * state.x + a_s * h * upd, key=state.key)
-
-    return Solver(name=name, init=init_plain, step=step,
-                  nfe=lambda n, final_zero: 2 * n - (1 if final_zero else 0), order=2)
+        x = (s_s / s_t) * state.x + a_s * h * upd
+        return State(x=x, key=state.key), (Evaluation(x0, eps), Evaluation(x0_u, eps_u))
 
 
-__all__ = ["singlestep_orders", "dpm_solver_singlestep", "dpmpp_2s"]
+def dpmpp_2s(solver_type: str = "midpoint", r: float = 0.5, name: str | None = None) -> DPMpp2S:
+    """DPM-Solver++(2S) (:class:`DPMpp2S`)."""
+    return DPMpp2S(solver_type, float(r), name)
+
+
+__all__ = ["singlestep_orders", "DPMSolverSinglestep", "DPMpp2S", "dpm_solver_singlestep", "dpmpp_2s"]

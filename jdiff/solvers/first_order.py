@@ -20,77 +20,99 @@ Notation: a step goes from t (alpha_t, sigma_t) to s < t (alpha_s, sigma_s);
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from .base import Solver, State, init_plain, one_nfe_per_step, step_key
+from .base import Evaluation, Solver, State, step_key
 
 
-def ddim(eta: float = 0.0, name: str | None = None) -> Solver:
+@dataclasses.dataclass(frozen=True)
+class DDIM(Solver):
     """DDIM with stochasticity ``eta`` (0: deterministic ODE sampler; 1: DDPM ancestral)."""
-    eta = float(eta)
 
-    def step(denoise, state, grid, i, to_zero=False):
+    eta: float = 0.0
+    label: str | None = None
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta != 0.0
+
+    def default_name(self) -> str:
+        return "ddim" if self.eta == 0.0 else f"ddim_eta{self.eta:g}"
+
+    def step(self, denoise, state, grid, i, to_zero=False):
         t, a_t, s_t = grid.t[i], grid.alpha[i], grid.sigma[i]
         a_s, s_s = grid.alpha[i + 1], grid.sigma[i + 1]
         x0, eps = denoise(state.x, t, a_t, s_t)
-        if eta == 0.0 or to_zero:  # at sigma_s = 0 the noise has weight 0: no draw
-            return State(x=a_s * x0 + s_s * eps, key=state.key)
+        out = (Evaluation(x0, eps),)
+        if self.eta == 0.0 or to_zero:  # at sigma_s = 0 the noise has weight 0: no draw
+            return State(x=a_s * x0 + s_s * eps, key=state.key), out
         r = a_t / a_s * s_s
-        c2 = eta**2 * s_s**2 * jnp.maximum(s_t**2 - r**2, 0.0) / s_t**2
+        c2 = self.eta**2 * s_s**2 * jnp.maximum(s_t**2 - r**2, 0.0) / s_t**2
         c = jnp.sqrt(c2)
         z = jax.random.normal(step_key(state, i), state.x.shape, state.x.dtype)
         x = a_s * x0 + jnp.sqrt(jnp.maximum(s_s**2 - c2, 0.0)) * eps + c * z
-        return State(x=x, key=state.key)
-
-    return Solver(
-        name=name or ("ddim" if eta == 0.0 else f"ddim_eta{eta:g}"),
-        init=init_plain,
-        step=step,
-        nfe=one_nfe_per_step,
-        order=1,
-        stochastic=eta != 0.0,
-    )
+        return State(x=x, key=state.key), out
 
 
-def ddpm() -> Solver:
+def ddim(eta: float = 0.0, name: str | None = None) -> DDIM:
+    """DDIM with stochasticity ``eta`` (0: deterministic ODE sampler; 1: DDPM ancestral)."""
+    return DDIM(eta=float(eta), label=name)
+
+
+def ddpm() -> DDIM:
     """DDPM ancestral sampling (Ho et al. 2020) with the posterior variance: DDIM at eta = 1."""
-    return ddim(eta=1.0, name="ddpm")
+    return DDIM(eta=1.0, label="ddpm")
 
 
-def euler() -> Solver:
+@dataclasses.dataclass(frozen=True)
+class Euler(Solver):
     """Euler on the probability-flow ODE in the (x / alpha, sigma / alpha) variables."""
 
-    def step(denoise, state, grid, i, to_zero=False):  # noqa: ARG001
+    label: str | None = None
+
+    def step(self, denoise, state, grid, i, to_zero=False):  # noqa: ARG002
         t, a_t, s_t = grid.t[i], grid.alpha[i], grid.sigma[i]
-        _, eps = denoise(state.x, t, a_t, s_t)
+        x0, eps = denoise(state.x, t, a_t, s_t)
         x_hat = state.x / a_t + (grid.sigma_hat[i + 1] - grid.sigma_hat[i]) * eps
-        return State(x=grid.alpha[i + 1] * x_hat, key=state.key)
-
-    return Solver(name="euler", init=init_plain, step=step, nfe=one_nfe_per_step, order=1)
+        return State(x=grid.alpha[i + 1] * x_hat, key=state.key), (Evaluation(x0, eps),)
 
 
-def euler_ancestral(eta: float = 1.0) -> Solver:
+def euler() -> Euler:
+    """Euler on the probability-flow ODE in the (x / alpha, sigma / alpha) variables."""
+    return Euler()
+
+
+@dataclasses.dataclass(frozen=True)
+class EulerAncestral(Solver):
     """Euler ancestral sampler (k-diffusion), stochastic with ``eta`` in [0, 1]."""
-    eta = float(eta)
 
-    def step(denoise, state, grid, i, to_zero=False):
+    eta: float = 1.0
+    label: str | None = None
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta != 0.0
+
+    def default_name(self) -> str:
+        return "euler_ancestral"
+
+    def step(self, denoise, state, grid, i, to_zero=False):
         t, a_t, s_t = grid.t[i], grid.alpha[i], grid.sigma[i]
-        _, eps = denoise(state.x, t, a_t, s_t)
+        x0, eps = denoise(state.x, t, a_t, s_t)
+        out = (Evaluation(x0, eps),)
         sh_t, sh_s = grid.sigma_hat[i], grid.sigma_hat[i + 1]
         if to_zero:  # sigma_s = 0: up = down = 0, the Euler step to the data prediction, no draw
-            return State(x=grid.alpha[i + 1] * (state.x / a_t - sh_t * eps), key=state.key)
-        up = jnp.minimum(sh_s, eta * jnp.sqrt(sh_s**2 * (sh_t**2 - sh_s**2) / sh_t**2))
+            return State(x=grid.alpha[i + 1] * (state.x / a_t - sh_t * eps), key=state.key), out
+        up = jnp.minimum(sh_s, self.eta * jnp.sqrt(sh_s**2 * (sh_t**2 - sh_s**2) / sh_t**2))
         down = jnp.sqrt(jnp.maximum(sh_s**2 - up**2, 0.0))
         z = jax.random.normal(step_key(state, i), state.x.shape, state.x.dtype)
         x_hat = state.x / a_t + (down - sh_t) * eps + up * z
-        return State(x=grid.alpha[i + 1] * x_hat, key=state.key)
+        return State(x=grid.alpha[i + 1] * x_hat, key=state.key), out
 
-    return Solver(
-        name="euler_ancestral",
-        init=init_plain,
-        step=step,
-        nfe=one_nfe_per_step,
-        order=1,
-        stochastic=eta != 0.0,
-    )
+
+def euler_ancestral(eta: float = 1.0) -> EulerAncestral:
+    """Euler ancestral sampler (k-diffusion), stochastic with ``eta`` in [0, 1]."""
+    return EulerAncestral(eta=float(eta))

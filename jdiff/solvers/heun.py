@@ -12,23 +12,34 @@ ending at zero cost ``2 N - 1`` model evaluations, and ``2 N`` otherwise.
 
 from __future__ import annotations
 
-from .base import Solver, State, init_plain
+import dataclasses
+
+from .base import Evaluation, Solver, State
 
 
-def _nfe(n_steps: int, final_zero: bool) -> int:
-    return 2 * n_steps - (1 if final_zero else 0)
+@dataclasses.dataclass(frozen=True)
+class Heun(Solver):
+    """EDM Heun (module docstring): second order, two model calls per step."""
 
+    label: str | None = None
+    order = 2
+    min_steps = 2
 
-def heun() -> Solver:
-    def step(denoise, state, grid, i, to_zero=False):
+    def nfe(self, n_steps: int, final_zero: bool) -> int:
+        return 2 * n_steps - (1 if final_zero else 0)
+
+    def step(self, denoise, state, grid, i, to_zero=False):
         t, a_t, s_t = grid.t[i], grid.alpha[i], grid.sigma[i]
-        _, eps = denoise(state.x, t, a_t, s_t)
+        x0, eps = denoise(state.x, t, a_t, s_t)
         dh = grid.sigma_hat[i + 1] - grid.sigma_hat[i]
         x_hat = state.x / a_t
         x_pred = grid.alpha[i + 1] * (x_hat + dh * eps)
         if to_zero:
-            return State(x=x_pred, key=state.key)
-        _, eps2 = denoise(x_pred, grid.t[i + 1], grid.alpha[i + 1], grid.sigma[i + 1])
-        return State(x=grid.alpha[i + 1] * (x_hat + dh * 0.5 * (eps + eps2)), key=state.key)
+            return State(x=x_pred, key=state.key), (Evaluation(x0, eps),)
+        x0_2, eps2 = denoise(x_pred, grid.t[i + 1], grid.alpha[i + 1], grid.sigma[i + 1])
+        x = grid.alpha[i + 1] * (x_hat + dh * 0.5 * (eps + eps2))
+        return State(x=x, key=state.key), (Evaluation(x0, eps), Evaluation(x0_2, eps2))
 
-    return Solver(name="heun", init=init_plain, step=step, nfe=_nfe, order=2, min_steps=2)
+
+def heun() -> Heun:
+    return Heun()

@@ -49,12 +49,13 @@ One model call per step (NFE = number of steps). The derivatives live in a ring 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
-from .base import Solver, lagrange_basis, one_nfe_per_step, ring_push_combine
-from .deis_ipndm import MultistepState, init_multistep
+from .base import Evaluation, Solver, init_multistep, lagrange_basis, multistep_order, ring_push_combine
 
-__all__ = ["lms", "lms_coefficients", "LMS_SOLVERS"]
+__all__ = ["LMS", "lms", "lms_coefficients", "LMS_SOLVERS"]
 
 
 def lms_coefficients(rho_next, rho, k, order: int):
@@ -80,33 +81,51 @@ def lms_coefficients(rho_next, rho, k, order: int):
     return jnp.stack(cands)[k - 1]
 
 
-def lms(order: int = 4, euler_at_zero: bool = False, name: str | None = None) -> Solver:
+@dataclasses.dataclass(frozen=True)
+class LMS(Solver):
     """Linear multistep sampler of ``order`` >= 1 (k-diffusion's ``sample_lms``; default 4).
 
-    Orders 1..``order`` during the warm-up (``k = min(i + 1, order)``), no lower-order final
-    steps (k-diffusion has none). ``euler_at_zero``: a final step that lands on sigma = 0 is an
-    Euler step instead of the polynomial one (module docstring).
+    Orders 1..``order`` during the warm-up (``k = min(i - start + 1, order)``), no lower-order
+    final steps (k-diffusion has none). ``euler_at_zero``: a final step that lands on sigma = 0
+    is an Euler step instead of the polynomial one (module docstring).
     """
-    if not isinstance(order, int) or order < 1:
-        raise ValueError(f"LMS order must be a positive integer, got {order!r}")
 
-    def step(denoise, state, grid, i, to_zero=False):
+    solver_order: int = 4
+    euler_at_zero: bool = False
+    label: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.solver_order, int) or self.solver_order < 1:
+            raise ValueError(f"LMS order must be a positive integer, got {self.solver_order!r}")
+
+    @property
+    def order(self) -> int:
+        return self.solver_order
+
+    def default_name(self) -> str:
+        return "lms" if self.solver_order == 4 else f"lms_{self.solver_order}"
+
+    def init(self, x_T, grid, key=None, start=0):
+        return init_multistep(self.solver_order, x_T, grid, key, start)
+
+    def step(self, denoise, state, grid, i, to_zero=False):
+        order = self.solver_order
         a_i = grid.alpha[i]
-        _, eps = denoise(state.x, grid.t[i], a_i, grid.sigma[i])
-        k = 1 if (to_zero and euler_at_zero) else jnp.minimum(order, i + 1)
+        x0, eps = denoise(state.x, grid.t[i], a_i, grid.sigma[i])
+        if to_zero and self.euler_at_zero:
+            k = 1
+        else:
+            k = multistep_order(order, i, state.start, grid.t.shape[0] - 1)
         rho = [grid.sigma_hat[jnp.maximum(i - m, 0)] for m in range(order)]
         c = lms_coefficients(grid.sigma_hat[i + 1], rho, k, order)
         hist, comb = ring_push_combine(state.hist, eps, i, c)
         x_hat = state.x / a_i + comb
-        return MultistepState(x=grid.alpha[i + 1] * x_hat, key=state.key, hist=hist)
+        return state._replace(x=grid.alpha[i + 1] * x_hat, hist=hist), (Evaluation(x0, eps),)
 
-    return Solver(
-        name=name or ("lms" if order == 4 else f"lms_{order}"),
-        init=init_multistep(order),
-        step=step,
-        nfe=one_nfe_per_step,
-        order=order,
-    )
+
+def lms(order: int = 4, euler_at_zero: bool = False, name: str | None = None) -> LMS:
+    """Linear multistep sampler (:class:`LMS`)."""
+    return LMS(order, euler_at_zero, name)
 
 
 LMS_SOLVERS = {"lms": lms}

@@ -80,12 +80,13 @@ UniC after any predictor: :func:`unic` (diffusers' ``solver_p``), see its docstr
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
-from .base import Solver, lagrange_basis, one_nfe_per_step, ring_read, ring_write
+from .base import (Evaluation, Solver, default_key, lagrange_basis, multistep_order, ring_read,
+                   ring_write)
 
 VARIANTS = ("bh1", "bh2")
 DEFAULT_ORDER = 2  # diffusers' UniPCMultistepScheduler default ``solver_order``
@@ -106,6 +107,7 @@ class UniPCState(NamedTuple):
     key: Any
     x_prev: jnp.ndarray
     hist: jnp.ndarray
+    start: jnp.ndarray  # () int32, grid index the run started at
 
 
 class UniCState(NamedTuple):
@@ -115,6 +117,7 @@ class UniCState(NamedTuple):
     key: Any
     x_prev: jnp.ndarray
     hist: jnp.ndarray
+    start: jnp.ndarray
     inner: Any
 
 
@@ -178,7 +181,8 @@ def _rho_corrector(r, b, k: int, kmax: int, dtype):
     return _pad(sol[:-1], size, dtype), jnp.asarray(sol[-1], dtype)
 
 
-def _bh_update(x, m0, ms, m_t, grid, s0, t, order, kmax: int, variant: str, predict_x0: bool):
+def _bh_update(x, m0, ms, m_t, grid, s0, t, order, kmax: int, variant: str, predict_x0: bool,
+               start=0):
     """One UniP (``m_t is None``) or UniC step from grid index ``s0`` to ``t``.
 
     ``x``: sample at s0 (the corrected one); ``m0``: model output at s0; ``ms``: sequence of
@@ -189,12 +193,13 @@ def _bh_update(x, m0, ms, m_t, grid, s0, t, order, kmax: int, variant: str, pred
     dtype = x.dtype
     lam_s0, lam_t = grid.lam[s0], grid.lam[t]
     h = lam_t - lam_s0
-    # r_k and D_k for k = 1..kmax-1; points before t_0 get a harmless r = -k (never selected).
+    # r_k and D_k for k = 1..kmax-1; points before the start get a harmless r = -k (never
+    # selected).
     r = []
     for k in range(1, kmax):
         idx = s0 - k
         rk = (grid.lam[jnp.maximum(idx, 0)] - lam_s0) / h
-        r.append(jnp.where(idx >= 0, rk, jnp.asarray(-float(k), dtype)))
+        r.append(jnp.where(idx >= start, rk, jnp.asarray(-float(k), dtype)))
     h_phi_1, B_h, b = _b_terms(h, kmax, variant, predict_x0)
 
     if m_t is None:
@@ -220,12 +225,14 @@ def _bh_update(x, m0, ms, m_t, grid, s0, t, order, kmax: int, variant: str, pred
     return x_base - c_t * B_h * res
 
 
-def _order_at(i, n: int, order: int, lof: bool):
-    """Predictor order of step i: min(order, i + 1, n - i if lower_order_final)."""
-    o = jnp.minimum(order, i + 1)
-    if lof:
-        o = jnp.minimum(o, n - i)
-    return o
+def _lof_applies(lower_order_final: bool, below, n: int) -> bool:
+    """Whether the lower-order final rule is on for ``n`` steps (``below``: None = always)."""
+    return lower_order_final and (below is None or n < below)
+
+
+def _order_at(i, start, n: int, order: int, lof: bool):
+    """Predictor order of step i: min(order, i - start + 1, n - i if lower_order_final)."""
+    return multistep_order(order, i, start, n, lof)
 
 
 def _select(cond, a, b):
@@ -253,24 +260,78 @@ def _past(hist, i):
 
 
 def _corrected(state, past, m_t, grid, i, n, order, lof, variant, predict_x0):
-    """UniC at step i: correct x_{t_i} (from x^c_{t_{i-1}}) with the new output m_t; x if i = 0.
+    """UniC at step i: correct x_{t_i} (from x^c_{t_{i-1}}) with the new output m_t; x at the
+    start step.
 
     ``past = _past(hist, i)``: m_{i-1}, ..., m_{i-order}, read after m_i was stored."""
     s0 = jnp.maximum(i - 1, 0)  # at i = 0: a finite dummy step (0 -> 1), discarded below
-    c_order = jnp.maximum(_order_at(i - 1, n, order, lof), 1)
+    c_order = jnp.maximum(_order_at(i - 1, state.start, n, order, lof), 1)
     xc = _bh_update(state.x_prev, past[0], past[1:], m_t, grid, s0, s0 + 1, c_order,
-                    order, variant, predict_x0)
-    return _select(i > 0, xc, state.x)
+                    order, variant, predict_x0, state.start)
+    return _select(i > state.start, xc, state.x)
 
 
-def _init(order):
-    def init(x_T, grid, key):  # noqa: ARG001
-        if key is None:
-            key = jax.random.key(0)
-        hist = jnp.zeros((order + 1,) + x_T.shape, x_T.dtype)
-        return UniPCState(x=x_T, key=key, x_prev=x_T, hist=hist)
+def _init_state(order, x_T, key, start):
+    hist = jnp.zeros((order + 1,) + x_T.shape, x_T.dtype)
+    return UniPCState(x=x_T, key=default_key(key), x_prev=x_T, hist=hist,
+                      start=jnp.asarray(start, jnp.int32))
 
-    return init
+
+@dataclasses.dataclass(frozen=True)
+class UniPC(Solver):
+    """UniPC-p (``solver_order`` = p, the predictor order); see :func:`unipc`."""
+
+    solver_order: int = DEFAULT_ORDER
+    variant: str = "bh2"
+    corrector: bool = True
+    lower_order_final: bool = True
+    predict_x0: bool = True
+    lower_order_final_below: int | None = None
+    label: str | None = None
+
+    def __post_init__(self):
+        _check(self.solver_order, self.variant, self.lower_order_final_below)
+
+    @property
+    def order(self) -> int:
+        return min(self.solver_order + 1, 3) if self.corrector else min(self.solver_order, 2)
+
+    def default_name(self) -> str:
+        name = f"unipc_{self.variant}"
+        if self.solver_order != DEFAULT_ORDER:
+            name += f"_o{self.solver_order}"
+        if not self.corrector:
+            name += "_noc"
+        if not self.lower_order_final:
+            name += "_nolof"
+        elif self.lower_order_final_below is not None:
+            name += f"_lof{self.lower_order_final_below}"
+        if not self.predict_x0:
+            name += "_eps"
+        return name
+
+    def init(self, x_T, grid, key=None, start=0):
+        return _init_state(self.solver_order, x_T, key, start)
+
+    def step(self, denoise, state, grid, i, to_zero=False):
+        order, variant, predict_x0 = self.solver_order, self.variant, self.predict_x0
+        n = grid.t.shape[0] - 1
+        lof = _lof_applies(self.lower_order_final, self.lower_order_final_below, n)
+        x0, eps = denoise(state.x, grid.t[i], grid.alpha[i], grid.sigma[i])
+        out = (Evaluation(x0, eps),)
+        m = x0 if predict_x0 else eps
+        if to_zero and predict_x0:
+            return state._replace(x=x0), out
+        hist = ring_write(state.hist, m, i)  # overwrites m_{i-order-1}, no longer needed
+        past = _past(hist, i)
+        xc = (_corrected(state, past, m, grid, i, n, order, lof, variant, predict_x0)
+              if self.corrector else state.x)
+        if to_zero:  # noise form: limit h -> inf of the first-order update
+            return state._replace(x=(xc - grid.sigma[i] * eps) / grid.alpha[i]), out
+        p = _order_at(i, state.start, n, order, lof)
+        x_next = _bh_update(xc, m, past[:-1], None, grid, i, i + 1, p, order, variant, predict_x0,
+                            state.start)
+        return state._replace(x=x_next, x_prev=xc, hist=hist), out
 
 
 def unipc(
@@ -281,7 +342,7 @@ def unipc(
     predict_x0: bool = True,
     lower_order_final_below: int | None = None,
     name: str | None = None,
-) -> Solver:
+) -> UniPC:
     """UniPC-p (``order`` = p, the predictor order; diffusers' ``solver_order``, default 2).
 
     Args:
@@ -294,42 +355,70 @@ def unipc(
       name: override the solver name (default ``unipc_<variant>`` plus suffixes ``_o<order>``,
         ``_noc``, ``_nolof``, ``_eps``, ``_lof<N>`` for non-default settings).
     """
-    _check(order, variant, lower_order_final_below)
-    if name is None:
-        name = f"unipc_{variant}"
-        if order != DEFAULT_ORDER:
-            name += f"_o{order}"
-        if not corrector:
-            name += "_noc"
-        if not lower_order_final:
-            name += "_nolof"
-        elif lower_order_final_below is not None:
-            name += f"_lof{lower_order_final_below}"
-        if not predict_x0:
-            name += "_eps"
+    return UniPC(order, variant, corrector, lower_order_final, predict_x0, lower_order_final_below,
+                 name)
 
-    def step(denoise, state, grid, i, to_zero=False):
+
+@dataclasses.dataclass(frozen=True)
+class _Cached:
+    """``denoise`` for the predictor inside :class:`UniC`: the step's evaluation re-expressed at
+    the corrected point with one prediction held fixed (``reuse``)."""
+
+    x0: Any
+    eps: Any
+    reuse: str
+
+    def __call__(self, x, t, alpha, sigma):  # noqa: ARG002
+        if self.reuse == "x0":
+            return self.x0, (x - alpha * self.x0) / sigma
+        return (x - sigma * self.eps) / alpha, self.eps
+
+
+@dataclasses.dataclass(frozen=True)
+class UniC(Solver):
+    """``predictor`` followed by UniC (see :func:`unic`)."""
+
+    predictor: Solver = None
+    corrector_order: int = DEFAULT_ORDER
+    variant: str = "bh2"
+    lower_order_final: bool = True
+    predict_x0: bool = True
+    reuse: str = "x0"
+    lower_order_final_below: int | None = None
+    label: str | None = None
+
+    @property
+    def order(self) -> int:
+        return min(min(self.predictor.order, self.corrector_order) + 1, 3)
+
+    def default_name(self) -> str:
+        name = f"{self.predictor.name}_unic{self.corrector_order}_{self.variant}"
+        if not self.lower_order_final:
+            name += "_nolof"
+        if not self.predict_x0:
+            name += "_eps"
+        if self.reuse != ("x0" if self.predict_x0 else "eps"):
+            name += f"_reuse{self.reuse}"
+        return name
+
+    def init(self, x_T, grid, key=None, start=0):
+        inner = self.predictor.init(x_T, grid, key, start)
+        base = _init_state(self.corrector_order, x_T, inner.key, start)
+        return UniCState(x=x_T, key=inner.key, x_prev=x_T, hist=base.hist, start=base.start,
+                         inner=inner)
+
+    def step(self, denoise, state, grid, i, to_zero=False):
+        order, variant, predict_x0 = self.corrector_order, self.variant, self.predict_x0
         n = grid.t.shape[0] - 1
-        lof = lower_order_final and (lower_order_final_below is None or n < lower_order_final_below)
+        lof = _lof_applies(self.lower_order_final, self.lower_order_final_below, n)
         x0, eps = denoise(state.x, grid.t[i], grid.alpha[i], grid.sigma[i])
         m = x0 if predict_x0 else eps
-        if to_zero and predict_x0:
-            return state._replace(x=x0)
-        hist = ring_write(state.hist, m, i)  # overwrites m_{i-order-1}, no longer needed
-        past = _past(hist, i)
-        xc = (_corrected(state, past, m, grid, i, n, order, lof, variant, predict_x0)
-              if corrector else state.x)
-        if to_zero:  # noise form: limit h -> inf of the first-order update
-            return state._replace(x=(xc - grid.sigma[i] * eps) / grid.alpha[i])
-        p = _order_at(i, n, order, lof)
-        x_next = _bh_update(xc, m, past[:-1], None, grid, i, i + 1, p, order, variant, predict_x0)
-        return UniPCState(x=x_next, key=state.key, x_prev=xc, hist=hist)
-
-    if corrector:
-        nominal = min(order + 1, 3)
-    else:
-        nominal = min(order, 2)
-    return Solver(name=name, init=_init(order), step=step, nfe=one_nfe_per_step, order=nominal)
+        hist = ring_write(state.hist, m, i)
+        xc = _corrected(state, _past(hist, i), m, grid, i, n, order, lof, variant, predict_x0)
+        inner, _ = self.predictor.step(_Cached(x0, eps, self.reuse), state.inner._replace(x=xc),
+                                       grid, i, to_zero)
+        new = state._replace(x=inner.x, x_prev=xc, hist=hist, inner=inner)
+        return new, (Evaluation(x0, eps),)
 
 
 def unic(
@@ -341,7 +430,7 @@ def unic(
     reuse: str | None = None,
     lower_order_final_below: int | None = None,
     name: str | None = None,
-) -> Solver:
+) -> UniC:
     """``predictor`` followed by UniC-``order`` (diffusers' ``UniPCMultistepScheduler(solver_p=...)``).
 
     ``order`` defaults to 2, diffusers' ``solver_order`` default (which sets the UniC order when a
@@ -395,40 +484,8 @@ def unic(
         reuse = "x0" if predict_x0 else "eps"
     if reuse not in ("x0", "eps"):
         raise ValueError(f"reuse must be 'x0' or 'eps', got {reuse!r}")
-    if name is None:
-        name = f"{predictor.name}_unic{order}_{variant}"
-        if not lower_order_final:
-            name += "_nolof"
-        if not predict_x0:
-            name += "_eps"
-        if reuse != ("x0" if predict_x0 else "eps"):
-            name += f"_reuse{reuse}"
-
-    def init(x_T, grid, key):
-        inner = predictor.init(x_T, grid, key)
-        hist = jnp.zeros((order + 1,) + x_T.shape, x_T.dtype)
-        return UniCState(x=x_T, key=inner.key, x_prev=x_T, hist=hist, inner=inner)
-
-    def step(denoise, state, grid, i, to_zero=False):
-        n = grid.t.shape[0] - 1
-        lof = lower_order_final and (lower_order_final_below is None or n < lower_order_final_below)
-        x0, eps = denoise(state.x, grid.t[i], grid.alpha[i], grid.sigma[i])
-        m = x0 if predict_x0 else eps
-        hist = ring_write(state.hist, m, i)
-        xc = _corrected(state, _past(hist, i), m, grid, i, n, order, lof, variant, predict_x0)
-
-        if reuse == "x0":
-            def cached(x, t, alpha, sigma):  # noqa: ARG001
-                return x0, (x - alpha * x0) / sigma
-        else:
-            def cached(x, t, alpha, sigma):  # noqa: ARG001
-                return (x - sigma * eps) / alpha, eps
-
-        inner = predictor.step(cached, state.inner._replace(x=xc), grid, i, to_zero)
-        return UniCState(x=inner.x, key=state.key, x_prev=xc, hist=hist, inner=inner)
-
-    nominal = min(min(predictor.order, order) + 1, 3)
-    return Solver(name=name, init=init, step=step, nfe=one_nfe_per_step, order=nominal)
+    return UniC(predictor, order, variant, lower_order_final, predict_x0, reuse,
+                lower_order_final_below, name)
 
 
 def unipc_bh1() -> Solver:
@@ -443,5 +500,5 @@ def unipc_bh2() -> Solver:
 
 UNIPC_SOLVERS = {"unipc_bh1": unipc_bh1, "unipc_bh2": unipc_bh2}
 
-__all__ = ["unipc", "unic", "unipc_bh1", "unipc_bh2", "UNIPC_SOLVERS", "UniPCState", "UniCState",
+__all__ = ["UniPC", "UniC", "unipc", "unic", "unipc_bh1", "unipc_bh2", "UNIPC_SOLVERS", "UniPCState", "UniCState",
            "VARIANTS", "DEFAULT_ORDER"]

@@ -15,6 +15,8 @@ Both are finite at sigma = 0 as long as every ``lam_kd > 0``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,21 +93,13 @@ class GaussianMixture:
         return jax.nn.logsumexp(logp, axis=-1)
 
     def model_fn(self, schedule, prediction: str = "eps"):
-        """The exact model function ``model_fn(x, t)`` of this mixture under ``schedule``."""
-        from ..prediction import from_x0_eps
+        """The exact model function ``model_fn(x, t, args)`` of this mixture under ``schedule``.
 
+        A ``jax.tree_util.Partial`` over the mixture and the schedule: their arrays are traced, so
+        a new call of ``model_fn`` (or a new mixture of the same shapes) reuses compiled samplers.
+        ``args`` is ignored."""
         check_prediction(prediction)
-
-        def fn(x, t):
-            a = schedule.alpha(t).astype(x.dtype)
-            s = schedule.sigma(t).astype(x.dtype)
-            if prediction == "eps":
-                return self.eps(x, a, s)
-            if prediction == "x0":
-                return self.x0(x, a, s)
-            return from_x0_eps(self.x0(x, a, s), self.eps(x, a, s), a, s, prediction)
-
-        return fn
+        return jax.tree_util.Partial(ExactModel(prediction), self, schedule)
 
     # --- data ------------------------------------------------------------------------------
     def sample(self, key, n: int, dtype=jnp.float32):
@@ -130,6 +124,25 @@ class GaussianMixture:
         m = w @ mu
         cov = np.einsum("k,kdf->df", w, covs + np.einsum("kd,kf->kdf", mu, mu)) - np.outer(m, m)
         return m, cov
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactModel:
+    """``(mixture, schedule, x, t, args) -> prediction``: the static part of a mixture's exact
+    model function (:meth:`GaussianMixture.model_fn`)."""
+
+    prediction: str = "eps"
+
+    def __call__(self, mix: GaussianMixture, schedule, x, t, args=None):  # noqa: ARG002
+        from ..prediction import from_x0_eps
+
+        a = schedule.alpha(t).astype(x.dtype)
+        s = schedule.sigma(t).astype(x.dtype)
+        if self.prediction == "eps":
+            return mix.eps(x, a, s)
+        if self.prediction == "x0":
+            return mix.x0(x, a, s)
+        return from_x0_eps(mix.x0(x, a, s), mix.eps(x, a, s), a, s, self.prediction)
 
 
 def from_arrays(
