@@ -97,17 +97,18 @@ def make_denoise(model_fn, prediction: str, args=None, hooks=(), hook_states=(),
     return denoise
 
 
-def scan_steps(step_fn, carry, steps, track_finite: bool = False):
-    """The scan core: ``carry = step_fn(carry, i)`` for each ``i`` of the int32 array ``steps``
-    in one loop (any carry type: continuous samples, integer tokens). With ``track_finite`` it
-    also returns, per step, whether ``carry``'s floating leaves are all finite.
+def scan_steps(step_fn, carry, start: int, stop: int, track_finite: bool = False, runtime_zero=0):
+    """The scan core: ``carry = step_fn(carry, i)`` for ``i = start .. stop - 1`` in one loop (any
+    carry type: continuous samples, integer tokens). With ``track_finite`` it also returns, per
+    step, whether ``carry``'s floating leaves are all finite.
 
     ``lax.scan`` in general. XLA inlines a loop it knows runs once, and then fuses that step with
     the code after it (the final step), which changed results by an ulp: a run split one step
     before its final step was not bit-identical to the unsplit run. A one-step segment therefore
-    runs as a ``lax.while_loop`` whose trip count XLA cannot see (its bounds are read from
-    ``steps``, which must be an argument of the jitted function, not a constant). Reverse-mode
-    differentiation through such a segment is not available (forward mode is).
+    runs as a ``lax.while_loop`` whose bounds are offset by ``runtime_zero``, an int32 zero that
+    XLA cannot see through (computed from a runtime input, e.g. ``(grid[0] * 0).astype(int32)``:
+    a float product with 0 is not folded). Reverse-mode differentiation through such a segment
+    is not available (forward mode is).
     """
 
     def finite(c):
@@ -115,20 +116,21 @@ def scan_steps(step_fn, carry, steps, track_finite: bool = False):
               if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)]
         return jnp.all(jnp.stack(ok)) if ok else jnp.asarray(True)
 
-    if steps.shape[0] != 1:
+    if stop - start != 1:
         def body(c, i):
             c = step_fn(c, i)
             return c, (finite(c) if track_finite else None)
 
-        return lax.scan(body, carry, steps)
+        return lax.scan(body, carry, jnp.arange(start, stop, dtype=jnp.int32))
 
     def loop_body(val):
         i, c, _ = val
         c = step_fn(c, i)
         return i + 1, c, finite(c) if track_finite else jnp.asarray(True)
 
-    _, carry, ok = lax.while_loop(lambda val: val[0] <= steps[-1], loop_body,
-                                  (steps[0], carry, jnp.asarray(True)))
+    first = jnp.int32(start) + runtime_zero
+    _, carry, ok = lax.while_loop(lambda val: val[0] < first + 1, loop_body,
+                                  (first, carry, jnp.asarray(True)))
     return carry, (ok[None] if track_finite else None)
 
 
@@ -180,11 +182,11 @@ class _Config(NamedTuple):
     start: int
     stop: int
     model_key: bool
+    return_state: bool
 
 
 @partial(jax.jit, static_argnames=("cfg",))
-def _sample(model_arrays, hook_arrays, schedule, grid, x_T, key, args, state, steps, *,
-            cfg: _Config):
+def _sample(model_arrays, hook_arrays, schedule, grid, x_T, key, args, state, *, cfg: _Config):
     model_fn = combine(model_arrays, cfg.model)
     hooks = combine(hook_arrays, cfg.hooks)
     solver = cfg.solver
@@ -208,11 +210,11 @@ def _sample(model_arrays, hook_arrays, schedule, grid, x_T, key, args, state, st
 
     to_end = cfg.stop == n
     last_scanned = cfg.stop - 1 if to_end else cfg.stop
-    state, flags = scan_steps(lambda st, i: run_step(st, i, False), state,
-                              steps[: last_scanned - cfg.start], cfg.track_finite)
+    state, flags = scan_steps(lambda st, i: run_step(st, i, False), state, cfg.start, last_scanned,
+                              cfg.track_finite, (grid[0] * 0).astype(jnp.int32))
     extra = []
     if to_end:
-        state = run_step(state, steps[-1], cfg.final_zero)  # index n - 1, read like the others
+        state = run_step(state, n - 1, cfg.final_zero)
         extra.append(jnp.all(jnp.isfinite(state.solver.x)))
     x = state.solver.x
     if cfg.denoise_to_zero:
@@ -222,6 +224,8 @@ def _sample(model_arrays, hook_arrays, schedule, grid, x_T, key, args, state, st
         x, _ = denoise(x, g.t[n], g.alpha[n], g.sigma[n])
         extra.append(jnp.all(jnp.isfinite(x)))
     x = x.astype(out_dtype)
+    if not cfg.return_state:  # no state outputs: XLA need not keep the final buffers
+        state = None
     if not cfg.track_finite:
         return x, state, None
     flags = jnp.concatenate([flags, jnp.stack(extra)]) if extra else flags
@@ -239,7 +243,24 @@ def _is_concrete(a) -> bool:
 
 
 def check_model_signature(model_fn, model_key: bool = False) -> None:
-    """``ValueError`` unless ``model_fn`` can be called as ``model_fn(x, t, args[, key])``."""
+    """``ValueError`` unless ``model_fn`` can be called as ``model_fn(x, t, args[, key])``
+    (cached per static part of ``model_fn``: ``inspect.signature`` is slow)."""
+    _, static = partition(model_fn)
+    try:
+        hash(static)
+    except TypeError:
+        _check_signature(model_fn, model_key)
+        return
+    if (static, model_key) not in _SIGNATURES_OK:
+        _check_signature(model_fn, model_key)
+        if len(_SIGNATURES_OK) < 1024:
+            _SIGNATURES_OK.add((static, model_key))
+
+
+_SIGNATURES_OK: set = set()
+
+
+def _check_signature(model_fn, model_key: bool) -> None:
     if not callable(model_fn):
         raise ValueError(f"model_fn must be callable, got {type(model_fn).__name__}")
     try:
@@ -257,7 +278,7 @@ def check_model_signature(model_fn, model_key: bool = False) -> None:
 
 def _prepare(model_fn, schedule, solver, grid, x_T, key=None, *, args=None, prediction="eps",
              final_zero=None, denoise_to_zero=False, check_finite=False, correct_x0=None, hooks=(),
-             start=0, stop=None, state=None, model_key=False):
+             start=0, stop=None, state=None, model_key=False, return_state=False):
     """Validate the arguments of :func:`sample`; return the jitted function's arguments and its
     static configuration."""
     check_prediction(prediction)
@@ -310,10 +331,9 @@ def _prepare(model_fn, schedule, solver, grid, x_T, key=None, *, args=None, pred
     cfg = _Config(model=model_static, hooks=hook_static, solver=solver, prediction=prediction,
                   final_zero=bool(final_zero), denoise_to_zero=bool(denoise_to_zero),
                   track_finite=bool(check_finite), start=int(start), stop=int(stop),
-                  model_key=bool(model_key))
-    steps = np.arange(start, stop, dtype=np.int32)  # an argument, not a constant: see scan_steps
+                  model_key=bool(model_key), return_state=bool(return_state))
     return (model_arrays, hook_arrays, schedule, grid, x_T if state is None else None, key, args,
-            state, steps), cfg
+            state), cfg
 
 
 def sample(
@@ -376,7 +396,8 @@ def sample(
     dyn, cfg = _prepare(model_fn, schedule, solver, grid, x_T, key, args=args, prediction=prediction,
                         final_zero=final_zero, denoise_to_zero=denoise_to_zero,
                         check_finite=check_finite, correct_x0=correct_x0, hooks=hooks, start=start,
-                        stop=stop, state=state, model_key=model_key)
+                        stop=stop, state=state, model_key=model_key,
+                        return_state=return_state)
     x, out_state, flags = _sample(*dyn, cfg=cfg)
     if check_finite:
         ok = np.asarray(flags)
@@ -393,7 +414,6 @@ def sample(
 def lower_sample(model_fn, schedule, solver, grid, x_T, key=None, **options):
     """The ``jax.stages.Lowered`` program :func:`sample` would run with these arguments (for
     inspection: ``.as_text()``, ``.compile().cost_analysis()``). Same arguments as ``sample``."""
-    options.pop("return_state", None)
     dyn, cfg = _prepare(model_fn, schedule, solver, grid, x_T, key, **options)
     return _sample.lower(*dyn, cfg=cfg)
 

@@ -307,3 +307,16 @@ def test_plain_closure_without_arrays_does_not_warn(vp):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         jdiff.sample(lambda x, t, args: 0.1 * x, vp, solvers.get_solver("ddim"), g, jnp.ones((2, 2)))
+
+
+def test_reference_solve_traces_the_model_arrays(vp):
+    """reference_solve splits model functions like sample: a re-created testbed model (a Partial
+    over the mixture and the schedule) reuses the compiled diffrax solve."""
+    tb = get_testbed("gauss16d")
+    x_T = np.asarray(jax.random.normal(jax.random.key(0), (4, 16)), np.float64)
+    a = jdiff.reference_solve(tb.model_fn(vp), vp, x_T, 0.5, 0.2, rtol=1e-6, atol=1e-6)
+    before = jdiff.reference._solve._cache_size()
+    b = jdiff.reference_solve(get_testbed("gauss16d").model_fn(vp), vp, x_T, 0.5, 0.2, rtol=1e-6,
+                              atol=1e-6)
+    assert jdiff.reference._solve._cache_size() == before
+    np.testing.assert_array_equal(a, b)
