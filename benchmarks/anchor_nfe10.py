@@ -47,18 +47,17 @@ Writes ``benchmarks/results/anchor_nfe10.{json,md}`` (``--out PREFIX`` to change
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-DEFAULT_OUT = os.path.join(HERE, "results", "anchor_nfe10")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+DEFAULT_OUT = str(common.RESULTS / "anchor_nfe10")
 
 NFE = 10
 JDIFF_GRIDS = ("logsnr", "karras", "uniform_t", "quadratic", "trailing")
@@ -257,9 +256,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=DEFAULT_OUT, help="output prefix (.json and .md are added)")
     args = ap.parse_args(argv)
-    t_all = time.perf_counter()
+    run = common.Run(__file__, argv)
 
-    import jax
     import jax.numpy as jnp
 
     import jdiff
@@ -269,7 +267,7 @@ def main(argv=None):
         import torch
         import diffusers
 
-        sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
+        sys.path.insert(0, str(common.ROOT / "tests" / "fixtures"))
         import make_diffusers_fixtures as mdf
     except ImportError as exc:  # the comparison is the point of this script
         sys.exit(f"anchor_nfe10 needs the optional benchmark dependencies torch and diffusers ({exc})")
@@ -371,41 +369,14 @@ def main(argv=None):
         print(f"[{tb_name}] verdict: {verdict}", flush=True)
 
     meta = dict(
-        command="python " + " ".join([os.path.relpath(os.path.abspath(__file__), ROOT)] + (argv or sys.argv[1:])),
-        wall_s=time.perf_counter() - t_all,
-        platform=platform.platform(), processor=_cpu_name(), python=platform.python_version(),
-        cpu_count=os.cpu_count(), cpus_available=len(os.sched_getaffinity(0)),
-        jax=jax.__version__, jax_backend=jax.default_backend(), jdiff=jdiff.__version__, numpy=np.__version__,
-        torch=torch.__version__, diffusers=diffusers.__version__,
+        jdiff=jdiff.__version__, torch=torch.__version__, diffusers=diffusers.__version__,
         n_samples=args.n_samples, seed=args.seed, nfe_budget=NFE, jdiff_grids=list(JDIFF_GRIDS),
         skipped_stochastic=list(STOCHASTIC_SKIP),
         reference="jdiff.reference_solve: Dopri8, float64, rtol=atol=1e-10, from z at t_start to t_end",
         error="per sample e_i = ||x_i - ref_i|| / sqrt(D); rmse = sqrt(mean e_i^2); median = median e_i",
     )
-    out = dict(meta=meta, testbeds=results)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(out, f, indent=1, default=_json_default)
-    with open(args.out + ".md", "w") as f:
-        f.write(render_md(out))
-    print(f"wrote {args.out}.json, {args.out}.md ({meta['wall_s']:.0f} s)")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o))
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    out = run.finish(dict(meta=meta, testbeds=results))
+    common.write_results(args.out, out, render_md(out))
 
 
 def _fmt(v):
@@ -413,12 +384,9 @@ def _fmt(v):
 
 
 def render_md(out):
-    m = out["meta"]
-    L = ["# Accuracy anchor at NFE 10: jdiff vs diffusers", "",
-         f"Command: `{m['command']}` (wall time {m['wall_s']:.0f} s)  ",
-         f"Machine: {m['processor']}, {m['cpus_available']} CPUs available (os.cpu_count() = {m['cpu_count']}), "
-         f"{m['platform']}, Python {m['python']}  ",
-         f"Versions: jdiff {m['jdiff']}, JAX {m['jax']} (backend `{m['jax_backend']}`), NumPy {m['numpy']}, "
+    m, mach = out["meta"], out["machine"]
+    L = common.md_header("Accuracy anchor at NFE 10: jdiff vs diffusers", out, timed=False) + [
+         f"Versions: jdiff {m['jdiff']}, JAX {mach['jax']}, NumPy {mach['numpy']}, "
          f"torch {m['torch']}, diffusers {m['diffusers']}", "",
          f"Schedule: DDPM `vp_discrete()` (linear betas; identical float32 `alphas_cumprod` to diffusers, asserted). "
          f"Noise: `RandomState({m['seed']}).standard_normal(({m['n_samples']}, D))`, `x_T = z` at each run's start "
@@ -486,7 +454,7 @@ def render_md(out):
                      f"{r['nfe']} | {r['t_start']:g} -> {r['t_end']:g} | {_fmt(r['rmse'])} | {_fmt(r['median'])} | "
                      f"{r['note']} |")
         L.append("")
-    return "\n".join(L) + "\n"
+    return L
 
 
 if __name__ == "__main__":

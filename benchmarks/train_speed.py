@@ -68,10 +68,7 @@ import dataclasses
 import json
 import math
 import os
-import platform
-import random
 import re
-import resource
 import sys
 import time
 from pathlib import Path
@@ -86,6 +83,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
+import common  # noqa: E402
 import jdiff  # noqa: E402
 from jdiff.models import PRESETS, UNet, count_params, init_shapes  # noqa: E402
 
@@ -125,41 +123,11 @@ def _random_params(shapes, seed=0):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-class CpuMeter:
-    """CPU time used by other processes (from /proc/stat) while a phase runs."""
-
-    def __init__(self):
-        self.t0 = self._read()
-
-    @staticmethod
-    def _read():
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-            busy = sum(v) - v[3] - v[4]              # minus idle and iowait
-            hz = os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError):
-            return None
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        own_s = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-        return busy / hz, own_s, time.time()
-
-    def share(self):
-        t1 = self._read()
-        if self.t0 is None or t1 is None:
-            return None
-        busy, own, wall = (b - a for a, b in zip(self.t0, t1, strict=True))
-        ncpu = os.cpu_count() or 1
-        return max(0.0, (busy - own) / (wall * ncpu)) if wall > 0 else None
-
-
 def _summary(ts, batch, flops=None, peak=None):
-    ts = np.asarray(ts)
-    med = float(np.median(ts))
-    out = dict(median_s=med, q25_s=float(np.quantile(ts, 0.25)), q75_s=float(np.quantile(ts, 0.75)),
-               min_s=float(ts.min()), max_s=float(ts.max()), n=int(ts.size),
-               images_per_s=batch / med)
+    s = common.summary(ts)
+    med = s["median"]
+    out = dict(median_s=med, q25_s=s["q1"], q75_s=s["q3"], min_s=s["min"], max_s=s["max"],
+               n=s["n"], images_per_s=batch / med)
     if flops:
         out["flops"] = flops
         out["tflops_per_s"] = flops / med / 1e12
@@ -177,22 +145,12 @@ def _flops(compiled):
         return None
 
 
-def _machine():
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return dict(cpu=cpu, cpus_available=len(os.sched_getaffinity(0)), os_cpu_count=os.cpu_count(),
-                platform=platform.platform(), python=platform.python_version(),
-                jax=jax.__version__, backend=jax.default_backend(),
-                devices=[str(d) for d in jax.devices()],
-                xla_flags=os.environ.get("XLA_FLAGS", ""),
-                loadavg_start=list(os.getloadavg()))
+def _progress(name, reps):
+    """``after_round`` of :func:`common.interleaved_rounds`: one line of the round's times."""
+    def after_round(r, times):
+        print(f"  {name} round {r + 1}/{reps}: "
+              + ", ".join(f"{a}/{b} {times[(a, b)][-1]:.2f}s" for a, b in sorted(times)), flush=True)
+    return after_round
 
 
 # ----------------------------------------------------------------------------- JAX
@@ -265,20 +223,10 @@ def run_jax(args, cfg, size, batch, variants):
                     return c(st["params"], x0, y, keys[r])
             progs[(v, kind)] = call
 
-    meter = CpuMeter()
-    times = {k: [] for k in progs}
+    meter = common.CpuMeter()
     for call in progs.values():                            # warm-up
         jax.block_until_ready(call(-1))
-    order = list(progs)
-    for r in range(args.reps):
-        random.Random(r).shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            jax.block_until_ready(progs[k](r))
-            times[k].append(time.perf_counter() - t0)
-        print(f"  jax round {r + 1}/{args.reps}: "
-              + ", ".join(f"{v}/{kind} {times[(v, kind)][-1]:.2f}s" for v, kind in sorted(progs)),
-              flush=True)
+    times = common.interleaved_rounds(progs, args.reps, after_round=_progress("jax", args.reps))
     share = meter.share()
     out = {}
     for (v, kind), ts in times.items():
@@ -458,23 +406,13 @@ def run_torch(args, cfg, size, batch, jax_run):
         for kind, f in (("fwd", fwd), ("fwd+bwd", fwdbwd), ("step", step)):
             progs[(layout, kind)] = f
 
-    sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
-    meter = CpuMeter()
+    sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
+    meter = common.CpuMeter()
     for f in progs.values():
         f()
-    sync()
-    times = {k: [] for k in progs}
-    order = list(progs)
-    for r in range(args.reps):
-        random.Random(100 + r).shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            progs[k]()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-        print(f"  torch round {r + 1}/{args.reps}: "
-              + ", ".join(f"{l}/{kind} {times[(l, kind)][-1]:.2f}s" for l, kind in sorted(progs)),
-              flush=True)
+    sync(None)
+    times = common.interleaved_rounds({k: lambda r, f=f: f() for k, f in progs.items()}, args.reps,
+                                      seed=100, sync=sync, after_round=_progress("torch", args.reps))
     share = meter.share()
     out = {}
     for (layout, kind), ts in times.items():
@@ -547,16 +485,6 @@ def grad_w_taps(x, w, g):
     taps = [[jnp.einsum("nhwi,nhwo->io", xp[:, a:a + h, b:b + wd, :], g) for b in range(k)]
             for a in range(k)]
     return jnp.stack([jnp.stack(row) for row in taps])
-
-
-def _timeit(f, reps, sync=lambda x: x):
-    sync(f())
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sync(f())
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), float(np.min(ts))
 
 
 def run_conv_study(args, cfg, size, batch):
@@ -645,16 +573,10 @@ def run_conv_study(args, cfg, size, batch):
             calls[("torch", fmt, "fwd")] = conv_fwd
             calls[("torch", fmt, "grad_x")] = lambda b=conv_bwd: b([True, False, False])[0]
             calls[("torch", fmt, "grad_w")] = lambda b=conv_bwd: b([False, True, False])[1]
-        times = {key: [] for key in calls}
         for f in calls.values():
             f()
-        order = list(calls)
-        for rep in range(args.conv_reps):
-            random.Random(1000 + rep).shuffle(order)
-            for key in order:
-                t0 = time.perf_counter()
-                calls[key]()
-                times[key].append(time.perf_counter() - t0)
+        times = common.interleaved_rounds({key: lambda r, f=f: f() for key, f in calls.items()},
+                                          args.conv_reps, seed=1000, sync=lambda _: None)
         for (fw, impl, name), ts in times.items():
             med, mn = float(np.median(ts)), float(np.min(ts))
             rec[fw].setdefault(impl, {})[name] = dict(
@@ -670,19 +592,16 @@ def run_conv_study(args, cfg, size, batch):
 
 # ----------------------------------------------------------------------------- report
 
-def write_report(res, prefix: Path, command):
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    clean = json.loads(json.dumps(res, default=lambda o: None))
-    prefix.with_suffix(".json").write_text(json.dumps(clean, indent=1))
+def write_report(res, prefix):
     m, cfg = res["machine"], res["config"]
     tr = res.get("torch", {})
     n_torch = f"{tr['n_params']:,}" if "n_params" in tr else "-"
     parity = f"{tr['parity_max_abs']:.1e}" if "parity_max_abs" in tr else "-"
     L = ["# UNet training-step speed: JAX/Flax vs PyTorch", "",
-         f"Command: `{command}` (wall time {res['wall_s']:.0f} s)  ",
+         f"Command: `{res['command']}` (wall time {res['wall_s']:.0f} s)  ",
          f"Machine: {m['cpu']}, {m['cpus_available']} CPUs available, {m['platform']}, "
          f"Python {m['python']}  ",
-         f"JAX {m['jax']} (backend `{m['backend']}`, XLA_FLAGS=`{m['xla_flags']}`), "
+         f"JAX {m['jax']} (backend `{m['jax_backend']}`, XLA_FLAGS=`{m['xla_flags']}`), "
          f"PyTorch {res.get('torch', {}).get('torch', '-')} "
          f"({res.get('torch', {}).get('threads', '-')} threads)  ",
          f"Load average (1/5/15 min) at start / end: {m['loadavg_start']} / {m['loadavg_end']}; "
@@ -750,7 +669,7 @@ def write_report(res, prefix: Path, command):
         L.append("")
     if res.get("notes"):
         L += ["## Findings", ""] + [f"- {n}" for n in res["notes"]] + [""]
-    prefix.with_suffix(".md").write_text("\n".join(L))
+    common.write_results(prefix, res, L)
 
 
 def _pct(x):
@@ -816,13 +735,9 @@ def main(argv=None):
         overrides.update(json.loads(args.model_kwargs))
     cfg = PRESETS[args.preset](**overrides)
     size = IMAGE_SIZE[args.preset]
-    command = "python benchmarks/train_speed.py" + ("" if argv is None and len(sys.argv) == 1
-                                                    else " " + " ".join(sys.argv[1:] if argv is None else argv))
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < (os.cpu_count() or 1):             # run under taskset: say so
-        command = f"taskset -c {','.join(map(str, cpus))} " + command
     t_start = time.time()
-    res = dict(machine=_machine(), preset=args.preset, image_size=size, batch=args.batch,
+    res = dict(command=common.command_line(__file__, argv),
+               machine=dict(common.machine_info(), loadavg_start=common.loadavg()), preset=args.preset, image_size=size, batch=args.batch,
                dtype=args.dtype, reps=args.reps, prng=args.prng,
                config={k: (jnp.dtype(v).name if k in ("dtype", "param_dtype") else v)
                        for k, v in dataclasses.asdict(cfg).items()})
@@ -841,13 +756,12 @@ def main(argv=None):
     if args.conv_study:
         print("conv study", flush=True)
         res["conv_study"] = run_conv_study(args, cfg, size, args.batch)
-    res["machine"]["loadavg_end"] = list(os.getloadavg())
+    res["machine"]["loadavg_end"] = common.loadavg()
     res["wall_s"] = time.time() - t_start
     _print_summary(res)
     out = args.out or (None if args.quick else str(ROOT / "results" / "train_speed"))
     if out:
-        write_report(res, Path(out), command)
-        print("wrote", out + ".json", out + ".md")
+        write_report(res, out)
     return res
 
 
