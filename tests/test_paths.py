@@ -84,6 +84,7 @@ def test_a_jump_lands_on_the_exact_marginal(vp):
     np.testing.assert_allclose(np.cov(x.T), a**2 * cov + s**2 * np.eye(16), atol=0.035)
 
 
+@pytest.mark.slow
 def test_repaint_walk_samples_the_data_distribution(vp):
     tb = get_testbed("gauss16d")
     mean, cov = tb.mean_cov()
