@@ -158,3 +158,39 @@ def test_console_script_exit_code(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().startswith("jdiff: error: unknown solver 'bogus'")
     assert r.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("argv", [["sample", "--solver"], ["samplex"], ["sample", "--nfe", "ten"],
+                                  ["bench", "steps", "--final", "middle"], ["train"],
+                                  ["sample", "--final", "0"]])
+def test_usage_errors_are_one_line_with_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("jdiff: error: "), err
+    assert "Traceback" not in err
+
+
+def test_help_shows_defaults_and_valid_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: ipndm)" in out and "(default: 10)" in out and "(default: logsnr)" in out
+    assert "dpmpp_3m_sde, unipc_bh1" in out and "vp_cosine, ve, edm" in out
+
+
+def test_default_solver_is_the_step_count_tables_best_at_the_default_nfe():
+    """jdiff sample's default solver: the lowest RMSE among deterministic solvers at NFE 10 on
+    both built-in testbeds of the committed step-count table."""
+    from pathlib import Path
+
+    from jdiff.cli import DEFAULT_SOLVER, build_parser
+
+    table = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "step_counts.json"
+    data = json.loads(table.read_text())
+    recs = data["records"] if isinstance(data, dict) else data
+    assert build_parser().parse_args(["sample"]).solver == DEFAULT_SOLVER
+    for tb in ("mix2d", "mix16d"):
+        rows = [r for r in recs if r["testbed"] == tb and r["nfe_budget"] == 10
+                and not solvers.get_solver(r["solver"]).stochastic]
+        assert min(rows, key=lambda r: r["rmse"])["solver"] == DEFAULT_SOLVER, tb
