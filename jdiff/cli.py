@@ -18,6 +18,29 @@ def _progress():
                     TimeElapsedColumn(), transient=False)
 
 
+def _check_output_file(path: str) -> None:
+    """Fail before any work when ``path`` cannot be written (missing folder, a folder itself)."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {path!r}: folder {folder!r} is not writable")
+
+
+def _check_output_dir(path: str) -> None:
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path!r} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(path) and not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {path!r}: cannot create it in {parent!r}")
+
+
 def _cmd_bench_steps(args) -> int:
     from . import bench
     from .grids import GRIDS
@@ -33,6 +56,9 @@ def _cmd_bench_steps(args) -> int:
             raise ValueError(f"unknown testbed {tb!r}; valid: {', '.join(BUILTIN)} or a path to a .json spec")
     if args.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {args.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    _check_output_dir(args.out)
     cfg = bench.StepCountConfig(
         testbeds=tuple(testbeds),
         solvers=bench.parse_list(args.solvers, tuple(SOLVERS), "solver", default=bench.DEFAULT_SOLVERS),
@@ -67,6 +93,9 @@ def _cmd_sample(args) -> int:
     schedule = get_schedule(args.schedule)
     tb = get_testbed(args.testbed)
     solver = get_solver(args.solver)
+    if args.n < 1 and not args.noise:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    _check_output_file(args.out)
     if args.denoise_to_zero and args.final == "zero":
         raise ValueError("--denoise-to-zero needs --final t_min (a grid ending at t = 0 already "
                          "ends on the data prediction)")
@@ -98,6 +127,11 @@ def _cmd_train(args) -> int:
     from .run import RunConfig, train_run
 
     fields = {f.name for f in dataclasses.fields(RunConfig)}
+    for name in ("steps", "batch_size", "save_every", "log_every"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name == "steps" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be at least "
+                             f"{0 if name == 'steps' else 1}, got {value}")
     cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     result = train_run(cfg, args.workdir, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
