@@ -9,7 +9,7 @@ and denoises again. :func:`sample_path` runs any solver along a ``path`` of indi
 (e.g. ``[0, 1, 2, 1, 2, 3, ...]``) as one compiled program: a move ``i -> i + 1`` is one solver
 step, a move ``i -> j < i`` is the forward jump above. After a jump the solver restarts at
 ``grid[j]`` (``solver.init(x, grid, key, start=j)``: multistep histories warm up again), since
-its history belongs to the trajectory it left. Keys: the solver's key and the jump's noise are
+its history belongs to the trajectory it left; hooks restart too (``hook.init``). Keys: the solver's key and the jump's noise are
 drawn per path position (a grid step visited twice gets fresh noise); model and hook keys as in
 :func:`jdiff.sample`, indexed by path position. :func:`repaint_path` builds RePaint's
 jump schedule.
@@ -89,8 +89,9 @@ def _sample_path(model_arrays, hook_arrays, schedule, grid, moves, x_T, key, arg
     k_solver, k_model, k_x0_hooks, k_post_hooks = stream_keys(key)
     k_jump = jax.random.fold_in(key, JUMP_STREAM)
     x_T = x_T.astype(dtype)
-    start = moves[0, 0]
-    state = SampleState(solver.init(x_T, g, k_solver, start), tuple(h.init(x_T, g, args) for h in hooks))
+    start = moves[0, 1]  # the grid index of the path's first point
+    state = SampleState(solver.init(x_T, g, k_solver, start), tuple(h.init(x_T, g, args) for h in hooks),
+                        jnp.zeros((0,), out_dtype))
     stepper = Stepper(solver, model_fn, prediction, args, hooks, g, k_model if model_key else None,
                       k_x0_hooks, k_post_hooks)
 
@@ -102,7 +103,9 @@ def _sample_path(model_arrays, hook_arrays, schedule, grid, moves, x_T, key, arg
         x = st.solver.x
         z = jax.random.normal(jax.random.fold_in(k_jump, k), x.shape, x.dtype)
         x = forward_jump(x, g.alpha[i], g.sigma[i], g.alpha[j], g.sigma[j], z)
-        return SampleState(solver.init(x, g, st.solver.key, j), st.hooks)
+        # the solver's history and the hooks' states belong to the trajectory left: restart both
+        return SampleState(solver.init(x, g, st.solver.key, j),
+                           tuple(h.init(x, g, args) for h in hooks), st.like)
 
     def move(st, kij):
         k, i, j = kij[0], kij[1], kij[2]

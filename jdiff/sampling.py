@@ -49,10 +49,12 @@ SOLVER_STREAM, MODEL_STREAM, HOOK_STREAM = 0, 1, 2
 
 
 class SampleState(NamedTuple):
-    """What :func:`sample` carries between steps: the solver's state and each hook's state."""
+    """What :func:`sample` carries between steps: the solver's state, each hook's state, and an
+    empty array of the caller's dtype (a resumed bfloat16 run returns bfloat16, as unsplit)."""
 
     solver: Any
     hooks: tuple
+    like: Any  # shape (0,), dtype of x_T
 
 
 def key_streams(key):
@@ -166,7 +168,7 @@ class Stepper(NamedTuple):
             if has_post_step(h):
                 ctx = HookContext(hs[m], jax.random.fold_in(jax.random.fold_in(self.k_post_hooks, k), m))
                 s, hs[m] = h.post_step(s, outputs, g, i, self.args, ctx)
-        return SampleState(s, tuple(hs))
+        return st._replace(solver=s, hooks=tuple(hs))
 
 
 class _Config(NamedTuple):
@@ -193,14 +195,14 @@ def _sample(model_arrays, hook_arrays, schedule, grid, x_T, key, args, state, *,
     n = grid.shape[0] - 1
     # the state and the schedule's coefficients in at least float32: in bfloat16 the log-SNR step
     # sizes h of a 200-step grid would be off by up to 35%, scrambling multistep ratios
-    out_dtype = x_T.dtype if state is None else state.solver.x.dtype
+    out_dtype = x_T.dtype if state is None else state.like.dtype
     dtype = jnp.promote_types(out_dtype, jnp.float32)
     g = grid_coeffs(schedule, grid, dtype)
     k_solver, k_model, k_x0_hooks, k_post_hooks = stream_keys(key)
     if state is None:
         x_T = x_T.astype(dtype)
         state = SampleState(solver.init(x_T, g, k_solver, cfg.start),
-                            tuple(h.init(x_T, g, args) for h in hooks))
+                            tuple(h.init(x_T, g, args) for h in hooks), jnp.zeros((0,), out_dtype))
 
     stepper = Stepper(solver, model_fn, cfg.prediction, args, hooks, g, k_model if cfg.model_key else None,
                       k_x0_hooks, k_post_hooks)

@@ -106,3 +106,56 @@ def test_bad_paths(vp):
             paths.sample_path(m, vp, ddim, g, np.asarray(bad), x, jax.random.key(0))
     with pytest.raises(ValueError, match="PRNG key"):
         paths.sample_path(m, vp, ddim, g, np.arange(5), x)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m", "unipc_bh2"])
+def test_path_starting_mid_grid_is_sample_from_there(vp, name):
+    tb = get_testbed("mix16d")
+    g = grids.make_grid(vp, "logsnr", 8)
+    x = jdiff.init_noise(vp, g[3], jax.random.normal(jax.random.key(1), (8, 16)))
+    solver = solvers.get_solver(name)
+    ref = jdiff.sample(tb.model_fn(vp), vp, solver, g, x, start=3)
+    got = paths.sample_path(tb.model_fn(vp), vp, solver, g, np.arange(3, 9), x, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+
+
+def test_jump_then_restart_equals_its_pieces(vp):
+    """A path down to 5, back to 2 and down to the end equals: sample to 5, the forward jump with
+    the jump stream's key of path position 5, and a fresh sample(start=2) (multistep solver: its
+    history restarts after the jump)."""
+    tb = get_testbed("mix16d")
+    model = tb.model_fn(vp)
+    g = grids.make_grid(vp, "logsnr", 8)
+    x_T = jdiff.init_noise(vp, g[0], jax.random.normal(jax.random.key(1), (8, 16)))
+    solver, key = solvers.get_solver("dpmpp_3m"), jax.random.key(4)
+    p = np.concatenate([np.arange(6), np.arange(2, 9)])
+    got = np.asarray(paths.sample_path(model, vp, solver, g, p, x_T, key))
+    x5 = jdiff.sample(model, vp, solver, g, x_T, stop=5)
+    z = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, paths.JUMP_STREAM), 5), x5.shape)
+    x2 = paths.forward_jump(x5, vp.alpha(g[5]), vp.sigma(g[5]), vp.alpha(g[2]), vp.sigma(g[2]), z)
+    want = np.asarray(jdiff.sample(model, vp, solver, g, x2, start=2))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+def test_revisited_steps_draw_fresh_solver_noise(vp):
+    """DDPM along [0, 1, 2, 1, 2, 3]: the two visits of step 1 -> 2 get different solver keys."""
+    import dataclasses
+
+    from jdiff.hooks import Hook
+
+    seen = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Spy(Hook):
+        def post_step(self, state, outputs, grid, i, args, ctx):
+            jax.debug.callback(lambda k, i: seen.append((int(i), tuple(np.asarray(k)))),
+                               jax.random.key_data(state.key), i)
+            return state, ctx.state
+
+    g = grids.make_grid(vp, "logsnr", 3)
+    m = lambda x, t, args: 0.1 * x  # noqa: E731
+    jax.block_until_ready(paths.sample_path(m, vp, solvers.get_solver("ddpm"), g,
+                                            np.asarray([0, 1, 2, 1, 2, 3]), jnp.ones((2, 2)),
+                                            jax.random.key(0), hooks=Spy()))
+    visits = [k for i, k in seen if i == 1]
+    assert len(visits) == 2 and visits[0] != visits[1]

@@ -157,7 +157,7 @@ def test_split_at_every_k_is_bit_identical(vp, problem, name, final):
     _check_split(vp, problem[1], problem[2], name, range(1, N), final)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_3m", "unipc_bh2", "lms"])
+@pytest.mark.parametrize("name", ["dpmpp_3m", "unipc_bh2", "lms", "deis_3", "ipndm"])
 def test_fresh_mid_grid_start_warms_up_like_a_new_run(vp, problem, name):
     """``start=k`` without a state restarts the warm-up at grid[k]: on grids shorter than the
     lower-order-final threshold it equals a run on the grid's tail."""
@@ -249,6 +249,9 @@ def test_steps_return_their_model_outputs(vp, problem):
                                    atol=1e-5)
 
 
+X0_HOOK_KEYS = []
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordKeys(Hook):
     """Records the key data its x0 transform and post-step hook receive (test hook)."""
@@ -258,6 +261,8 @@ class RecordKeys(Hook):
         return (jnp.zeros((n, 2), jnp.uint32), jnp.zeros((n, 2), jnp.uint32))
 
     def x0(self, x0, x, t, alpha, sigma, args, ctx):
+        jax.debug.callback(lambda k: X0_HOOK_KEYS.append(tuple(np.asarray(k))),
+                           jax.random.key_data(ctx.key))
         return x0
 
     def post_step(self, state, outputs, grid, i, args, ctx):
@@ -283,10 +288,20 @@ def test_key_streams_are_independent(vp, problem):
     solver_keys = {tuple(np.asarray(jax.random.key_data(jax.random.fold_in(st.solver.key, i))))
                    for i in range(n)}
     post_keys = {tuple(k) for k in np.asarray(st.hooks[0][1])}
+    x0_keys = set(X0_HOOK_KEYS[-n:])
     assert len(model_keys) == n and len(set(model_keys)) == n
-    assert len(solver_keys) == n and len(post_keys) == n
-    assert not (solver_keys & set(model_keys)) and not (solver_keys & post_keys)
-    assert not (post_keys & set(model_keys))
+    assert len(solver_keys) == n and len(post_keys) == n and len(x0_keys) == n
+    sets = [solver_keys, set(model_keys), post_keys, x0_keys]
+    for a in range(4):
+        for b in range(a):
+            assert not (sets[a] & sets[b]), (a, b)
+    # the streams themselves: fold_in(key, 0 | 1 | 2), pairwise distinct
+    streams = jdiff.sampling.key_streams(key)
+    data = [tuple(np.asarray(jax.random.key_data(k))) for k in streams]
+    assert len(set(data)) == 3
+    for s_, k in enumerate(streams):
+        np.testing.assert_array_equal(jax.random.key_data(k),
+                                      jax.random.key_data(jax.random.fold_in(key, s_)))
     # the solver's stream is not the raw key either (the model stream would then collide with it)
     assert tuple(np.asarray(jax.random.key_data(st.solver.key))) != tuple(
         np.asarray(jax.random.key_data(key)))
@@ -322,3 +337,63 @@ def test_reference_solve_traces_the_model_arrays(vp):
                               atol=1e-6)
     assert jdiff.reference._solve._cache_size() == before
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_fresh_mid_group_start_of_singlestep_solver_is_accurate(vp, problem, k):
+    """dpm_solver_3_single started at grid[k] (inside a group of the full grid's order list)
+    restarts its groups there: close to the reference solve from grid[k], as a run on the tail."""
+    tb, model, x_T = problem
+    g = grids.make_grid(vp, "logsnr", 10)
+    x_k = jdiff.init_noise(vp, g[k], x_T)
+    solver = solvers.get_solver("dpm_solver_3_single")
+    mid = np.asarray(jdiff.sample(model, vp, solver, g, x_k, start=k), np.float64)
+    ref = jdiff.reference_solve(model, vp, np.asarray(x_k, np.float64), g[k], 0.0, rtol=1e-7,
+                                atol=1e-7)
+    tail = np.asarray(jdiff.sample(model, vp, solver, g[k:], x_k), np.float64)
+    err, err_tail = np.sqrt(np.mean((mid - ref) ** 2)), np.sqrt(np.mean((tail - ref) ** 2))
+    assert np.isfinite(err) and err < 2 * err_tail + 1e-3, (err, err_tail)
+
+
+def test_correct_x0_runs_before_the_other_hooks(vp, problem):
+    """``correct_x0`` first, then ``hooks`` in order: clipping to [-1, 1] and then projecting the
+    first coordinate onto y = 5 leaves 5 (the other order would give 1)."""
+    _, model, x_T = problem
+    g = grids.make_grid(vp, "logsnr", 4)
+    x = jdiff.sample(model, vp, solvers.get_solver("dpmpp_2m"), g, x_T, args={"y": jnp.full((8,), 5.0)},
+                     correct_x0=jdiff.thresholding.dynamic_thresholding(0.995, 1.0), hooks=ProjectOnto())
+    np.testing.assert_array_equal(np.asarray(x)[:, 0], 5.0)
+    assert np.max(np.abs(np.asarray(x)[:, 1:])) <= 1.0
+
+
+def test_resumed_bfloat16_run_returns_bfloat16(vp, problem):
+    _, model, x_T = problem
+    g = grids.make_grid(vp, "logsnr", 5)
+    solver = solvers.get_solver("dpmpp_2m")
+    xb = x_T.astype(jnp.bfloat16)
+    full = jdiff.sample(model, vp, solver, g, xb)
+    _, st = jdiff.sample(model, vp, solver, g, xb, stop=2, return_state=True)
+    rest = jdiff.sample(model, vp, solver, g, None, start=2, state=st)
+    assert full.dtype == rest.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(rest, np.float32), np.asarray(full, np.float32))
+
+
+def _toy_conditional_net(params, x, c_noise, y=None, train=False, key=None):
+    """eps = params * x + y (labels shift the prediction); a network function for make_model_fn."""
+    return params * x + (0.0 if y is None else y[:, None].astype(x.dtype))
+
+
+def test_labels_come_from_args(vp):
+    g = grids.make_grid(vp, "logsnr", 3)
+    x_T = jnp.ones((4, 2))
+    model = make_model_fn(_toy_conditional_net, jnp.float32(0.5), vp, "eps", y=jnp.zeros((4,), jnp.int32))
+    ddim = solvers.get_solver("ddim")
+    run = lambda args: np.asarray(jdiff.sample(model, vp, ddim, g, x_T, args=args))  # noqa: E731
+    default = run(None)
+    a = run({"y": jnp.full((4,), 1, jnp.int32)})
+    before = _programs()
+    b = run({"y": jnp.full((4,), 2, jnp.int32)})
+    assert _programs() == before
+    assert not np.allclose(a, b) and not np.allclose(a, default)
+    np.testing.assert_array_equal(run(jnp.full((4,), 2, jnp.int32)), b)  # an int array is the labels
+    np.testing.assert_array_equal(run({"scale": jnp.float32(3.0)}), default)  # no y: the default
