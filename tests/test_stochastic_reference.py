@@ -107,3 +107,39 @@ def test_dpmpp_2m_sde_against_k_diffusion(vp, setup, s_noise):
     solver = solvers.dpm_solver_multistep(2, eta=1.0, s_noise=s_noise, lower_order_final=False)
     got = _jdiff(vp, tb, g, x_T, solver)
     np.testing.assert_allclose(got, alpha[N] * xh, rtol=0, atol=2e-4)
+
+
+def test_dpmpp_3m_sde_against_k_diffusion(vp, setup):
+    """k-diffusion's ``sample_dpmpp_3m_sde`` (eta = 1): the published third-order coefficient,
+    i.e. jdiff's ``reference_d2=True`` (README: the Taylor-correct one differs), no lower-order
+    final steps."""
+    tb, g, x_T, z, alpha, sigma, x0_of = setup
+    eta = 1.0
+    sh = sigma / alpha
+    xh = x_T.astype(np.float64) / alpha[0]
+    den_1 = den_2 = h_1 = h_2 = None
+    for i in range(N):
+        den = x0_of(alpha[i] * xh, i)
+        if sh[i + 1] == 0:
+            xh = den
+            break
+        t, s = -np.log(sh[i]), -np.log(sh[i + 1])
+        h = s - t
+        h_eta = h * (eta + 1)
+        xh = np.exp(-h_eta) * xh + -np.expm1(-h_eta) * den
+        if h_2 is not None:
+            r0, r1 = h_1 / h, h_2 / h
+            d1_0, d1_1 = (den - den_1) / r0, (den_1 - den_2) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_2 = np.expm1(-h_eta) / h_eta + 1
+            phi_3 = phi_2 / h_eta - 0.5
+            xh = xh + phi_2 * d1 - phi_3 * d2
+        elif h_1 is not None:
+            d = (den - den_1) / (h_1 / h)
+            xh = xh + (np.expm1(-h_eta) / h_eta + 1) * d
+        xh = xh + z[i] * sh[i + 1] * np.sqrt(-np.expm1(-2 * h * eta))
+        den_1, den_2, h_1, h_2 = den, den_1, h, h_1
+    solver = solvers.dpm_solver_multistep(3, eta=1.0, reference_d2=True, lower_order_final=False)
+    got = _jdiff(vp, tb, g, x_T, solver)
+    np.testing.assert_allclose(got, alpha[N] * xh, rtol=0, atol=2e-4)
