@@ -121,6 +121,26 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _last_logged(workdir) -> dict:
+    """The last record with a loss in ``workdir/metrics.jsonl`` ({} if none): a finished run
+    rerun trains no step but still reports its last loss."""
+    import json
+    import os
+
+    path = os.path.join(workdir, "metrics.jsonl")
+    last = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and "loss" in rec:
+                    last = rec
+    return last
+
+
 def _cmd_train(args) -> int:
     import dataclasses
 
@@ -134,7 +154,7 @@ def _cmd_train(args) -> int:
                              f"{0 if name == 'steps' else 1}, got {value}")
     cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     result = train_run(cfg, args.workdir, progress=not args.quiet)
-    last = result.history[-1] if result.history else {}
+    last = result.history[-1] if result.history else _last_logged(args.workdir)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     print(f"trained to step {int(result.state.step)}{resumed}; last loss {last.get('loss', float('nan')):.5f}; "
           f"work directory {args.workdir}")

@@ -215,3 +215,14 @@ def test_bench_out_that_is_a_file_fails_before_any_run(capsys, tmp_path):
     f.write_text("x")
     code, out, err = run_cli(capsys, "bench", "steps", "--out", str(f), "--solvers", "ddim")
     assert code == 2 and "is not a directory" in err and out == ""
+
+
+def test_finished_run_rerun_reports_its_last_loss(capsys, tmp_path):
+    argv = ["train", "--workdir", str(tmp_path / "run"), "--data", "mix2d", "--model", "mlp",
+            "--mlp-features", "16", "--mlp-depth", "1", "--steps", "4", "--batch-size", "32",
+            "--log-every", "2", "--save-every", "2", "--warmup-steps", "0", "--quiet"]
+    code, first, _ = run_cli(capsys, *argv)
+    assert code == 0 and "last loss" in first and "nan" not in first, first
+    loss = first.split("last loss ")[1].split(";")[0]
+    code, again, _ = run_cli(capsys, *argv)
+    assert code == 0 and f"last loss {loss};" in again, again
