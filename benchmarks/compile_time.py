@@ -123,7 +123,8 @@ def child(args):
                              programs=sum(p for _, p in res),
                              median_call_s=statistics.median(t for t, _ in res)))
     with open(args.json_out, "w") as f:
-        json.dump(dict(side=args.side, api="new" if new_api else "old", jdiff_file=jdiff.__file__,
+        json.dump(dict(side=args.side, api="new" if new_api else "old",
+                       jdiff_file=os.path.relpath(jdiff.__file__, args.root),  # no machine paths
                        solvers=solvers, recreate=recreate), f)
 
 

@@ -131,7 +131,8 @@ def sample_path(model_fn, schedule, solver: Solver, grid, path, x_T, key=None, *
     check_prediction(prediction)
     if not isinstance(solver, Solver):
         raise ValueError(f"solver must be a jdiff Solver, got {type(solver).__name__}")
-    check_model_signature(model_fn, model_key)
+    model_arrays, model_static = partition(model_fn)
+    check_model_signature(model_fn, model_key, model_static)
     if key is None:
         raise ValueError("sample_path draws the jumps' noise: pass a PRNG key")
     check_grid(grid)
@@ -144,7 +145,6 @@ def sample_path(model_fn, schedule, solver: Solver, grid, path, x_T, key=None, *
     moves = np.stack([np.arange(p.shape[0] - 1), p[:-1], p[1:]], axis=1).astype(np.int32)
     # the grid's final step (onto t = 0 for Heun and the data-prediction limits) is traced apart
     final_zero = (bool(g[-1] == 0.0) if (p[-1] == n and p[-2] == n - 1) else None)
-    model_arrays, model_static = partition(model_fn)
     check_no_captured_arrays(model_static, "model_fn")
     hook_arrays, hook_static = partition(as_hooks(correct_x0, hooks))
     return _sample_path(model_arrays, hook_arrays, schedule, jnp.asarray(grid), moves, x_T, key,

@@ -244,10 +244,12 @@ def _is_concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
 
-def check_model_signature(model_fn, model_key: bool = False) -> None:
+def check_model_signature(model_fn, model_key: bool = False, static=None) -> None:
     """``ValueError`` unless ``model_fn`` can be called as ``model_fn(x, t, args[, key])``
-    (cached per static part of ``model_fn``: ``inspect.signature`` is slow)."""
-    _, static = partition(model_fn)
+    (cached per static part of ``model_fn``, ``static`` if the caller has it: ``inspect.signature``
+    is slow)."""
+    if static is None:
+        _, static = partition(model_fn)
     try:
         hash(static)
     except TypeError:
@@ -286,7 +288,8 @@ def _prepare(model_fn, schedule, solver, grid, x_T, key=None, *, args=None, pred
     check_prediction(prediction)
     if not isinstance(solver, Solver):
         raise ValueError(f"solver must be a jdiff Solver, got {type(solver).__name__}")
-    check_model_signature(model_fn, model_key)
+    model_arrays, model_static = partition(model_fn)
+    check_model_signature(model_fn, model_key, model_static)
     hooks = as_hooks(correct_x0, hooks)
     if state is None:
         x_T = jnp.asarray(x_T)
@@ -326,7 +329,6 @@ def _prepare(model_fn, schedule, solver, grid, x_T, key=None, *, args=None, pred
         key = jax.random.key(0)
     if check_finite and state is None and not bool(jnp.all(jnp.isfinite(x_T))):
         raise ValueError("non-finite values in x_T (before step 0)")
-    model_arrays, model_static = partition(model_fn)
     check_no_captured_arrays(model_static, "model_fn")
     hook_arrays, hook_static = partition(hooks)
     check_no_captured_arrays(hook_static, "hook")

@@ -81,65 +81,65 @@ def test_euler_ancestral_against_k_diffusion(vp, setup):
     np.testing.assert_allclose(got, alpha[N] * xh, rtol=0, atol=2e-4)
 
 
+def _kdiff_sde(setup, correction, s_noise=1.0, eta=1.0):
+    """k-diffusion's SDE-DPM-Solver++ loop in (x_hat, sigma_hat), t = -log sigma_hat: the
+    first-order exponential step, ``correction(den, h, h_eta, past)`` (``past``: the earlier
+    steps' (denoised, h), newest first), then the noise; a step onto sigma = 0 returns the data
+    prediction. Returns the final sample in x."""
+    tb, g, x_T, z, alpha, sigma, x0_of = setup
+    sh = sigma / alpha
+    xh = x_T.astype(np.float64) / alpha[0]
+    past = []
+    for i in range(N):
+        den = x0_of(alpha[i] * xh, i)
+        if sh[i + 1] == 0:
+            return alpha[N] * den
+        h = np.log(sh[i]) - np.log(sh[i + 1])
+        h_eta = h * (eta + 1)
+        xh = np.exp(-h_eta) * xh + -np.expm1(-h_eta) * den
+        xh = xh + correction(den, h, h_eta, past)
+        xh = xh + z[i] * sh[i + 1] * np.sqrt(-np.expm1(-2 * eta * h)) * s_noise
+        past.insert(0, (den, h))
+    return alpha[N] * xh
+
+
 @pytest.mark.parametrize("s_noise", [1.0, 0.5])
 def test_dpmpp_2m_sde_against_k_diffusion(vp, setup, s_noise):
     """k-diffusion's ``sample_dpmpp_2m_sde`` (midpoint, eta = 1) has no lower-order final steps:
     compared on N = 12 < 15 with jdiff's rule off."""
-    tb, g, x_T, z, alpha, sigma, x0_of = setup
-    eta = 1.0
-    sh = sigma / alpha
-    xh = x_T.astype(np.float64) / alpha[0]
-    old, h_last = None, None
-    for i in range(N):
-        den = x0_of(alpha[i] * xh, i)
-        if sh[i + 1] == 0:
-            xh = den
-            break
-        t, s = -np.log(sh[i]), -np.log(sh[i + 1])
-        h = s - t
-        eta_h = eta * h
-        xh = sh[i + 1] / sh[i] * np.exp(-eta_h) * xh + -np.expm1(-h - eta_h) * den
-        if old is not None:
-            r = h_last / h
-            xh = xh + 0.5 * -np.expm1(-h - eta_h) * (1 / r) * (den - old)
-        xh = xh + z[i] * sh[i + 1] * np.sqrt(-np.expm1(-2 * eta_h)) * s_noise
-        old, h_last = den, h
+
+    def midpoint(den, h, h_eta, past):
+        if not past:
+            return 0.0
+        den_1, h_1 = past[0]
+        return 0.5 * -np.expm1(-h_eta) * (h / h_1) * (den - den_1)
+
+    want = _kdiff_sde(setup, midpoint, s_noise)
     solver = solvers.dpm_solver_multistep(2, eta=1.0, s_noise=s_noise, lower_order_final=False)
-    got = _jdiff(vp, tb, g, x_T, solver)
-    np.testing.assert_allclose(got, alpha[N] * xh, rtol=0, atol=2e-4)
+    got = _jdiff(vp, setup[0], setup[1], setup[2], solver)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
 
 
 def test_dpmpp_3m_sde_against_k_diffusion(vp, setup):
     """k-diffusion's ``sample_dpmpp_3m_sde`` (eta = 1): the published third-order coefficient,
     i.e. jdiff's ``reference_d2=True`` (README: the Taylor-correct one differs), no lower-order
     final steps."""
-    tb, g, x_T, z, alpha, sigma, x0_of = setup
-    eta = 1.0
-    sh = sigma / alpha
-    xh = x_T.astype(np.float64) / alpha[0]
-    den_1 = den_2 = h_1 = h_2 = None
-    for i in range(N):
-        den = x0_of(alpha[i] * xh, i)
-        if sh[i + 1] == 0:
-            xh = den
-            break
-        t, s = -np.log(sh[i]), -np.log(sh[i + 1])
-        h = s - t
-        h_eta = h * (eta + 1)
-        xh = np.exp(-h_eta) * xh + -np.expm1(-h_eta) * den
-        if h_2 is not None:
+
+    def third_order(den, h, h_eta, past):
+        phi_2 = np.expm1(-h_eta) / h_eta + 1
+        if len(past) >= 2:
+            (den_1, h_1), (den_2, h_2) = past[:2]
             r0, r1 = h_1 / h, h_2 / h
             d1_0, d1_1 = (den - den_1) / r0, (den_1 - den_2) / r1
             d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
             d2 = (d1_0 - d1_1) / (r0 + r1)
-            phi_2 = np.expm1(-h_eta) / h_eta + 1
-            phi_3 = phi_2 / h_eta - 0.5
-            xh = xh + phi_2 * d1 - phi_3 * d2
-        elif h_1 is not None:
-            d = (den - den_1) / (h_1 / h)
-            xh = xh + (np.expm1(-h_eta) / h_eta + 1) * d
-        xh = xh + z[i] * sh[i + 1] * np.sqrt(-np.expm1(-2 * h * eta))
-        den_1, den_2, h_1, h_2 = den, den_1, h, h_1
+            return phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+        if past:
+            den_1, h_1 = past[0]
+            return phi_2 * (den - den_1) / (h_1 / h)
+        return 0.0
+
+    want = _kdiff_sde(setup, third_order)
     solver = solvers.dpm_solver_multistep(3, eta=1.0, reference_d2=True, lower_order_final=False)
-    got = _jdiff(vp, tb, g, x_T, solver)
-    np.testing.assert_allclose(got, alpha[N] * xh, rtol=0, atol=2e-4)
+    got = _jdiff(vp, setup[0], setup[1], setup[2], solver)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)

@@ -135,8 +135,12 @@ class Solver:
     whose fields are the solver's options; override ``init``, ``step`` and the metadata."""
 
     order = 1  # global convergence order on smooth problems
-    stochastic = False
     min_steps = 1
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the solver draws noise: solvers with an ``eta`` option do when it is nonzero."""
+        return getattr(self, "eta", 0.0) != 0.0
 
     @property
     def name(self) -> str:

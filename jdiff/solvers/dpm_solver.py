@@ -156,10 +156,6 @@ class DPMSolverMultistep(Solver):
     def order(self) -> int:
         return self.solver_order
 
-    @property
-    def stochastic(self) -> bool:
-        return self.eta != 0.0
-
     def default_name(self) -> str:
         return (("dpmpp" if self.predict_x0 else "dpm_solver") + f"_{self.solver_order}m"
                 + ("_sde" if self.eta else ""))

@@ -35,10 +35,6 @@ class DDIM(Solver):
     eta: float = 0.0
     label: str | None = None
 
-    @property
-    def stochastic(self) -> bool:
-        return self.eta != 0.0
-
     def default_name(self) -> str:
         return "ddim" if self.eta == 0.0 else f"ddim_eta{self.eta:g}"
 
@@ -91,10 +87,6 @@ class EulerAncestral(Solver):
 
     eta: float = 1.0
     label: str | None = None
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta != 0.0
 
     def default_name(self) -> str:
         return "euler_ancestral"
