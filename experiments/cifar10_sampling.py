@@ -37,7 +37,6 @@ The model function handed to the sampler comes from :meth:`jdiff.run.Run.model_f
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -51,11 +50,12 @@ import numpy as np
 
 import jdiff
 from jdiff import metrics
-from jdiff.cli import add_run_config_args
+from jdiff.cli import Parser, add_run_config_args, check_output_dir, check_run_flags, run_command
 from jdiff.data import from_model_range, stratified_split, to_model_range
 from jdiff.plotting import save_image_grid
 from jdiff.run import RunConfig, load_image_data, load_run, train_run
 from jdiff.solvers import get_solver, steps_for_nfe
+from jdiff.training import stop_on_signals
 
 # Training presets. 'laptop' trains on sklearn digits in minutes on a CPU; 'cifar10_16' is
 # CIFAR-10 mean-pooled to 16x16 (a larger CPU run); 'cifar10' is the full DDPM++-size model for
@@ -74,27 +74,28 @@ DEFAULT_NFE = "5,6,8,10,15,20"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="laptop", choices=sorted(CONFIGS))
+    p = Parser(prog="cifar10_sampling.py", description=__doc__)
+    p.add_argument("--config", default="laptop", choices=sorted(CONFIGS),
+                   help="training preset (its values are listed under the overrides below)")
     p.add_argument("--data-path", default=None, help="CIFAR-10 directory, batch pickle or .npz (cifar configs)")
     p.add_argument("--workdir", default=None, help="training run directory (default runs/<config>)")
     p.add_argument("--out", default=None, help="output directory (default <workdir>/sampling)")
     p.add_argument("--no-train", action="store_true", help="use the existing checkpoint as is")
-    p.add_argument("--solvers", default=DEFAULT_SOLVERS)
-    p.add_argument("--nfe", default=DEFAULT_NFE)
+    p.add_argument("--solvers", default=DEFAULT_SOLVERS, help="comma list of solver names")
+    p.add_argument("--nfe", default=DEFAULT_NFE, help="comma list of NFE budgets")
     p.add_argument("--grid", default="logsnr", help="time grid (jdiff.grids)")
     p.add_argument("--n-samples", type=int, default=None, help="default: size of the test split")
-    p.add_argument("--sample-batch", type=int, default=500)
+    p.add_argument("--sample-batch", type=int, default=500, help="samples per sampler call")
     p.add_argument("--feature-steps", type=int, default=2000, help="training steps of the own feature network")
     p.add_argument("--inception", default=None, help="Inception-v3 weights .npz (pytorch-fid layout)")
-    p.add_argument("--sample-seed", type=int, default=1234)
+    p.add_argument("--sample-seed", type=int, default=1234, help="seed of the initial noise")
     p.add_argument("--repeats", type=int, default=1,
                    help="sample sets per solver and NFE, each from new initial noise; the tables give "
                         "the mean Frechet distance and its standard deviation over them")
     p.add_argument("--quiet", action="store_true")
-    overrides = p.add_argument_group("run configuration overrides (jdiff.run.RunConfig)")
-    add_run_config_args(overrides)
+    overrides = p.add_argument_group(
+        "run configuration overrides (jdiff.run.RunConfig; each preset's value in parentheses)")
+    add_run_config_args(overrides, presets=CONFIGS)
     return p.parse_args(argv)
 
 
@@ -102,11 +103,41 @@ def build_config(args) -> RunConfig:
     preset = dict(CONFIGS[args.config])
     if "{path}" in preset["data"]:
         if not args.data_path:
-            raise SystemExit(f"--config {args.config} needs --data-path (CIFAR-10 directory, pickle or .npz)")
+            raise ValueError(f"--config {args.config} needs --data-path (CIFAR-10 directory, pickle or .npz)")
+        if not Path(args.data_path).expanduser().exists():
+            raise ValueError(f"--data-path {args.data_path!r} does not exist")
         preset["data"] = preset["data"].format(path=args.data_path)
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     preset.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     return RunConfig(**preset)
+
+
+def check_args(args) -> tuple[list[str], list[int]]:
+    """Every input error before any work: ``(solvers, nfe budgets)`` when all is well."""
+    from jdiff.bench import parse_nfe
+    from jdiff.grids import GRIDS
+
+    check_run_flags(args)
+    for name in ("sample_batch", "feature_steps", "repeats", "n_samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    if not solvers:
+        raise ValueError("--solvers is empty")
+    for name in solvers:
+        get_solver(name)  # an unknown name is a ValueError listing the valid ones
+    nfes = list(parse_nfe(args.nfe))
+    if args.grid not in GRIDS:
+        raise ValueError(f"unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
+    if args.inception and not Path(args.inception).is_file():
+        raise ValueError(f"--inception {args.inception!r} is not a file")
+    workdir = args.workdir or f"runs/{args.config}"
+    check_output_dir(workdir)
+    check_output_dir(args.out or str(Path(workdir) / "sampling"), "--out")
+    if args.no_train and not (Path(workdir) / "config.json").exists():
+        raise ValueError(f"--no-train: {workdir} holds no trained run")
+    return solvers, nfes
 
 
 def feature_network(workdir: Path, train_ds, test_ds, steps: int, log):
@@ -201,7 +232,13 @@ def plot_fd(rows, solvers, nfes, baselines, path, label):
 
 
 def main(argv=None) -> int:
+    """The experiment; bad input is one line ``cifar10_sampling.py: error: ...`` and status 2."""
     args = parse_args(argv)
+    return run_command(_main, args, prog="cifar10_sampling.py")
+
+
+def _main(args) -> int:
+    solvers, nfes = check_args(args)
     cfg = build_config(args)
     workdir = Path(args.workdir or f"runs/{args.config}")
     out = Path(args.out or workdir / "sampling")
@@ -211,7 +248,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     if not args.no_train:
-        res = train_run(cfg, workdir, progress=not args.quiet)
+        with stop_on_signals() as stop:
+            res = train_run(cfg, workdir, progress=not args.quiet, stop=stop)
         log(f"trained to step {int(res.state.step)} in {time.perf_counter() - t0:.0f} s")
     train_seconds = time.perf_counter() - t0
     run, state = load_run(workdir)
@@ -286,10 +324,6 @@ def main(argv=None) -> int:
     log("baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()))
     save_image_grid(out / "data_train.png", train_ds.images[:64], 8, scale=4 if shape[0] <= 16 else 2)
 
-    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
-    nfes = [int(v) for v in args.nfe.split(",")]
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
     # repeat r draws its initial noise from seed sample_seed + r (r = 0 is the single-run default)
     zs = [jax.random.normal(jax.random.key(args.sample_seed + r), (n,) + shape, jnp.float32)
           for r in range(args.repeats)]

@@ -108,21 +108,30 @@ def _errors(x: np.ndarray, ref: np.ndarray) -> dict:
     }
 
 
-def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
-    """Run the benchmark; returns a list of records (see module docstring)."""
+def check_step_counts(cfg: StepCountConfig) -> list[tuple]:
+    """Every input error of ``cfg`` before any work (names, NFE below a solver's minimum, grids,
+    testbed specs, the noise file); returns the plan ``(testbed, grid, solver, budget, steps)``."""
     schedule = get_schedule(cfg.schedule)
     solvers = {name: get_solver(name) for name in cfg.solvers}
     plan = []
     for tb_name in cfg.testbeds:
+        tb = get_testbed(tb_name)
+        if cfg.noise:
+            load_noise(cfg.noise, tb.dim)
         for grid_name in cfg.grids:
             for sname, solver in solvers.items():
                 for budget in cfg.nfe:
                     n = steps_for_nfe(solver, budget, cfg.final == "zero")
+                    grids_mod.make_grid(schedule, grid_name, n, cfg.final)
                     plan.append((tb_name, grid_name, sname, budget, n))
-    # validate every grid before spending time
-    for _, grid_name, _, _, n in plan:
-        grids_mod.make_grid(schedule, grid_name, n, cfg.final)
+    return plan
 
+
+def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
+    """Run the benchmark; returns a list of records (see module docstring)."""
+    plan = check_step_counts(cfg)
+    schedule = get_schedule(cfg.schedule)
+    solvers = {name: get_solver(name) for name in cfg.solvers}
     records = []
     task = progress.add_task("step counts", total=len(plan)) if progress else None
     key = jax.random.key(cfg.seed)
@@ -213,7 +222,10 @@ def markdown_table(records: list[dict], metric: str = "rmse") -> str:
 
 
 def plot(records: list[dict], path: str, metric: str = "rmse") -> None:
-    """Error against NFE, one panel per testbed; stochastic solvers dashed."""
+    """Two rows of panels, one column per testbed. Top: ``metric`` against the reference ODE
+    solve for the deterministic solvers (a discretisation error). Bottom: the sliced Wasserstein
+    distance to exact data samples for every solver, stochastic ones dashed (their fair measure:
+    they follow other trajectories than the ODE), with the reference solve's ``sw_floor``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,29 +234,40 @@ def plot(records: list[dict], path: str, metric: str = "rmse") -> None:
 
     tbs = list(dict.fromkeys(r["testbed"] for r in records))
     series = list(dict.fromkeys((r["solver"], r["grid"]) for r in records))
+    one_grid = len({g for _, g in series}) == 1
     colors = plt.get_cmap("tab20").colors
     markers = "osD^vP*Xh<>p"
-    fig, axes = plt.subplots(1, len(tbs), figsize=(6 * len(tbs) + 2.5, 4.6), squeeze=False)
-    for ax, tb in zip(axes[0], tbs):
+    fig, axes = plt.subplots(2, len(tbs), figsize=(6 * len(tbs) + 2.5, 9), squeeze=False)
+    for col, tb in enumerate(tbs):
         rs = [r for r in records if r["testbed"] == tb]
-        for k, (s, g) in enumerate(series):
-            pts = sorted((r["nfe"], r[metric]) for r in rs if r["solver"] == s and r["grid"] == g)
-            if not pts:
-                continue
-            stochastic = any(r["stochastic"] for r in rs if r["solver"] == s)
-            ax.loglog(*zip(*pts), "--" if stochastic else "-", color=colors[k % 20],
-                      marker=markers[k % len(markers)], ms=3.5, lw=1.2,
-                      label=s if len({gg for _, gg in series}) == 1 else f"{s} / {g}")
         nfes = sorted({r["nfe_budget"] for r in rs})
-        ax.set_xticks(nfes)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"{tb} ({rs[0]['dim']}-D), grid {', '.join(sorted({r['grid'] for r in rs}))}, "
-                     f"final {rs[0]['final']}")
-        ax.set_xlabel("NFE")
-        ax.set_ylabel(f"{metric} vs reference ODE solve")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1)
+        for row, (key, only_deterministic) in enumerate(((metric, True), ("sw", False))):
+            ax = axes[row][col]
+            for k, (s, g) in enumerate(series):
+                mine = [r for r in rs if r["solver"] == s and r["grid"] == g]
+                stochastic = any(r["stochastic"] for r in mine)
+                if not mine or (stochastic and only_deterministic):
+                    continue
+                pts = sorted((r["nfe"], r[key]) for r in mine)
+                ax.loglog(*zip(*pts), "--" if stochastic else "-", color=colors[k % 20],
+                          marker=markers[k % len(markers)], ms=3.5, lw=1.2,
+                          label=(s if one_grid else f"{s} / {g}") + (" (stochastic)" if stochastic else ""))
+            if key == "sw":
+                floor = float(np.mean([r["sw_floor"] for r in rs]))
+                ax.axhline(floor, color="k", lw=0.8, ls=":", label="floor: reference solve")
+                ax.set_ylabel("sliced Wasserstein-1 to exact data samples")
+            else:
+                ax.set_ylabel(f"{metric} vs reference ODE solve (deterministic solvers)")
+            ax.set_xticks(nfes)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("NFE")
+            ax.grid(True, which="both", alpha=0.3)
+            if row == 0:
+                ax.set_title(f"{tb} ({rs[0]['dim']}-D), grid {', '.join(sorted({r['grid'] for r in rs}))}, "
+                             f"final {rs[0]['final']}")
+    for row in range(2):
+        axes[row][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -18,7 +18,7 @@ def _progress():
                     TimeElapsedColumn(), transient=False)
 
 
-def _check_output_file(path: str) -> None:
+def check_output_file(path: str) -> None:
     """Fail before any work when ``path`` cannot be written (missing folder, a folder itself)."""
     import os
 
@@ -29,16 +29,6 @@ def _check_output_file(path: str) -> None:
         raise ValueError(f"--out {path!r}: folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"--out {path!r}: folder {folder!r} is not writable")
-
-
-def _check_output_dir(path: str) -> None:
-    import os
-
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--out {path!r} exists and is not a directory")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.exists(path) and not os.access(parent, os.W_OK):
-        raise ValueError(f"--out {path!r}: cannot create it in {parent!r}")
 
 
 def _cmd_bench_steps(args) -> int:
@@ -58,7 +48,7 @@ def _cmd_bench_steps(args) -> int:
         raise ValueError(f"unknown schedule {args.schedule!r}; valid: {', '.join(SCHEDULES)}")
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    _check_output_dir(args.out)
+    check_output_dir(args.out, "--out")
     cfg = bench.StepCountConfig(
         testbeds=tuple(testbeds),
         solvers=bench.parse_list(args.solvers, tuple(SOLVERS), "solver", default=bench.DEFAULT_SOLVERS),
@@ -70,6 +60,7 @@ def _cmd_bench_steps(args) -> int:
         seed=args.seed,
         noise=args.noise,
     )
+    bench.check_step_counts(cfg)  # every input error before the progress bar and any work
     t0 = time.perf_counter()
     with _progress() as progress:
         records = bench.run_step_counts(cfg, progress=progress if not args.quiet else None)
@@ -95,7 +86,9 @@ def _cmd_sample(args) -> int:
     solver = get_solver(args.solver)
     if args.n < 1 and not args.noise:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    _check_output_file(args.out)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    check_output_file(args.out)
     if args.denoise_to_zero and args.final == "zero":
         raise ValueError("--denoise-to-zero needs --final t_min (a grid ending at t = 0 already "
                          "ends on the data prediction)")
@@ -141,19 +134,81 @@ def _last_logged(workdir) -> dict:
     return last
 
 
-def _cmd_train(args) -> int:
+def check_output_dir(path: str, flag: str = "--workdir") -> None:
+    """Fail before any work when ``path`` cannot be (created as) a writable directory."""
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: cannot create it in {parent!r}")
+    if os.path.isdir(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path!r} is not writable")
+
+
+def train_config(args):
+    """The :class:`jdiff.run.RunConfig` of ``jdiff train``: the run's own ``config.json`` when
+    ``--workdir`` holds one (flags given must agree with it, except ``--steps``), else the
+    defaults; flags given override."""
     import dataclasses
+    import json
+    import os
 
-    from .run import RunConfig, train_run
+    from .run import RunConfig
 
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    for name in ("steps", "batch_size", "save_every", "log_every"):
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    path = os.path.join(args.workdir, "config.json")
+    if not os.path.exists(path):
+        return RunConfig(**given)
+    try:
+        stored = RunConfig.from_json(json.loads(open(path, encoding="utf-8").read()))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path} is not a jdiff run configuration ({err})") from None
+    differ = [k for k, v in given.items() if k != "steps" and getattr(stored, k) != v]
+    if differ:
+        listed = ", ".join(f"--{k.replace('_', '-')} {given[k]} (run: {getattr(stored, k)})" for k in differ)
+        raise ValueError(f"{args.workdir} holds a run with another configuration: {listed}; "
+                         "leave those flags out to resume it, or use a new --workdir")
+    return dataclasses.replace(stored, **given)
+
+
+def check_run_flags(args) -> None:
+    """Ranges of the run-configuration flags that argparse types cannot express."""
+    for name, low in (("steps", 0), ("batch_size", 1), ("save_every", 1), ("log_every", 1), ("keep", 1),
+                      ("warmup_steps", 0), ("mlp_features", 1), ("mlp_depth", 1)):
         value = getattr(args, name, None)
-        if value is not None and value < (0 if name == "steps" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be at least "
-                             f"{0 if name == 'steps' else 1}, got {value}")
-    cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    result = train_run(cfg, args.workdir, progress=not args.quiet)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    for name in ("lr", "ema_decay", "label_dropout", "weight_decay"):
+        value = getattr(args, name, None)
+        if value is not None and not value >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {value}")
+    for name in ("ema_decay", "label_dropout"):
+        value = getattr(args, name, None)
+        if value is not None and value >= 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be below 1, got {value}")
+
+
+def _cmd_train(args) -> int:
+    from . import training
+    from .run import train_run
+
+    check_run_flags(args)
+    check_output_dir(args.workdir)
+    cfg = train_config(args)
+    try:
+        with training.stop_on_signals() as stop:
+            result = train_run(cfg, args.workdir, progress=not args.quiet, stop=stop)
+    except training.TrainingInterrupted as err:
+        resume = f"jdiff train --workdir {shlex.quote(args.workdir)}"
+        saved = f"checkpoint saved at step {err.step}" if err.saved else "no checkpoint"
+        print(f"jdiff: interrupted ({signal_name(err.signum)}); {saved}; resume with: {resume}",
+              file=sys.stderr)
+        return err.exit_code
     last = result.history[-1] if result.history else _last_logged(args.workdir)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     print(f"trained to step {int(result.state.step)}{resumed}; last loss {last.get('loss', float('nan')):.5f}; "
@@ -161,8 +216,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def add_run_config_args(parser) -> None:
-    """One ``--flag`` per :class:`jdiff.run.RunConfig` field (default: the field's default)."""
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def add_run_config_args(parser, presets: dict | None = None) -> None:
+    """One ``--flag`` per :class:`jdiff.run.RunConfig` field. Its help gives the field's default,
+    or with ``presets`` (``{name: {field: value}}``) the value each preset uses."""
     import dataclasses
 
     from .run import RunConfig
@@ -185,12 +247,19 @@ def add_run_config_args(parser) -> None:
             kind = float
         elif kind is bool:
             kind = parse_bool
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                            help=f"(default: {default})")
+        if presets:
+            values = {name: preset.get(f.name, default) for name, preset in presets.items()}
+            shown = (f"(every preset: {default})" if len(set(map(str, values.values()))) == 1 else
+                     "(" + ", ".join(f"{name}: {v!r}" if isinstance(v, str) else f"{name}: {v}"
+                                for name, v in values.items()) + ")")
+        else:
+            shown = f"(default: {default})"
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None, help=shown)
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` for options with a help text and a default other than None."""
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` for options with a help text and a default other than None; the
+    description is printed as written."""
 
     def _get_help_string(self, action):
         if action.default is None or action.default is False:
@@ -198,8 +267,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the CLI's one error path: a usage error is one line ``jdiff: error: ...``
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one error path: a usage error is one line ``PROG: error: ...``
     on stderr and exit status 2 (``--help`` shows the usage); defaults shown in ``--help``."""
 
     def __init__(self, *args, **kwargs):
@@ -207,7 +276,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        print(f"jdiff: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -221,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .solvers import SOLVERS
     from .testbeds import BUILTIN
 
-    p = _Parser(prog="jdiff", description="Diffusion sampling in JAX.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="jdiff", description="Diffusion sampling in JAX.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("sample", help="sample an analytic testbed with one solver")
     s.add_argument("--testbed", default="mix2d", help=f"one of {', '.join(BUILTIN)} or SPEC.json")
@@ -277,11 +346,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    return run_command(args.func, args)
+
+
+def run_command(func, *a, prog: str = "jdiff") -> int:
+    """The CLI's one error path: bad input (``ValueError``; ``OSError`` such as a missing file or
+    a permission) is one line ``PROG: error: ...`` and status 2; a training run stopped by a
+    signal (:class:`jdiff.training.TrainingInterrupted`) one line and status 130 / 143; Ctrl-C
+    elsewhere one line and status 130."""
+    from .training import TrainingInterrupted
+
     try:
-        return args.func(args)
-    except ValueError as e:
-        print(f"jdiff: error: {e}", file=sys.stderr)
+        return func(*a)
+    except (ValueError, OSError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        saved = f"checkpoint saved at step {err.step}" if err.saved else "no checkpoint"
+        print(f"{prog}: interrupted ({signal_name(err.signum)}); {saved}; run the same command again "
+              "to resume", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

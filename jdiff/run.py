@@ -32,8 +32,13 @@ import numpy as np
 
 from . import training
 from .losses import LossConfig, denoising_loss
+from .models import PRESETS as UNET_PRESETS
 from .network import flax_net, make_model_fn, sampling_prediction
 from .schedules import get_schedule
+
+
+LR_DECAYS = ("constant", "cosine")
+MODEL_PRESETS = tuple(sorted(f"unet_{name}" for name in UNET_PRESETS))  # jdiff.models.unet_<name>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,19 @@ class RunConfig:
     mlp_depth: int = 4
     model_kwargs: str = ""  # JSON object of UNetConfig overrides, e.g. '{"num_res_blocks": 1}'
     cpu_conv_eigen: bool = True  # on CPU, compile convolutions with Eigen (training.CPU_CONV_EIGEN)
+
+    def __post_init__(self):
+        # names checked here are cheap to check and otherwise fail only after the model is built
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"unknown lr_decay {self.lr_decay!r}; valid: {', '.join(LR_DECAYS)}")
+        if self.model != "mlp" and not (self.model.startswith("unet") and self.model in MODEL_PRESETS):
+            raise ValueError(f"unknown model {self.model!r}; valid: mlp, {', '.join(MODEL_PRESETS)}")
+        if self.compute_dtype is not None:
+            try:
+                jnp.dtype(self.compute_dtype)
+            except TypeError:
+                raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; e.g. bfloat16, float16, "
+                                 "float32") from None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -166,9 +184,10 @@ def _build_module(cfg: RunConfig, data_shape, num_classes):
         return MLP(features=cfg.mlp_features, depth=cfg.mlp_depth, time_embedding_dim=128, time_scale=1.0)
     from . import models
 
-    preset = getattr(models, cfg.model, None)
-    if preset is None or not cfg.model.startswith("unet"):
-        raise ValueError(f"unknown model {cfg.model!r}; valid: mlp, unet_tiny, unet_digits, unet_cifar10")
+    preset = UNET_PRESETS[cfg.model.removeprefix("unet_")]  # checked by RunConfig
+    if len(data_shape) != 3:
+        raise ValueError(f"model {cfg.model!r} needs images (height, width, channels); data {cfg.data!r} "
+                         f"has examples of shape {tuple(data_shape)}: use --model mlp")
     overrides = {"in_channels": data_shape[-1], "out_channels": data_shape[-1],
                  "num_classes": num_classes if cfg.conditional else None}
     if cfg.model_kwargs:
@@ -178,10 +197,18 @@ def _build_module(cfg: RunConfig, data_shape, num_classes):
             raise ValueError(f"model_kwargs is not valid JSON: {err}") from None
         if not isinstance(extra, dict):
             raise ValueError("model_kwargs must be a JSON object of UNetConfig fields")
+        known = {f.name for f in dataclasses.fields(models.UNetConfig)}
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise ValueError(f"model_kwargs: unknown UNetConfig field(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(known - {'dtype', 'param_dtype'}))}")
         overrides.update({k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()})
     if cfg.compute_dtype:
         overrides["dtype"] = jnp.dtype(cfg.compute_dtype)
-    return models.UNet(preset(**overrides))
+    try:
+        return models.UNet(preset(**overrides))
+    except TypeError as err:
+        raise ValueError(f"model_kwargs {cfg.model_kwargs!r}: {err}") from None
 
 
 def build_run(cfg: RunConfig) -> Run:
@@ -244,9 +271,6 @@ def _check_config(workdir: Path, cfg: RunConfig):
         os.replace(tmp, path)
 
 
-LR_DECAYS = ("constant", "cosine")
-
-
 def run_learning_rate(cfg: RunConfig):
     """The run's learning-rate schedule: linear warm-up to ``lr``, then constant or a cosine decay
     reaching 0 at step ``steps`` (so extending a finished cosine run changes its schedule)."""
@@ -264,24 +288,60 @@ def _fresh_state(run: Run):
     return optimizer, training.create_train_state(run.init_params(), optimizer, seed=cfg.seed)
 
 
-def train_run(cfg: RunConfig, workdir, progress: bool = True) -> training.FitResult:
-    """Train ``cfg`` in ``workdir`` for ``cfg.steps`` steps in total, resuming if checkpoints exist."""
+def train_run(cfg: RunConfig, workdir, progress: bool = True, stop=None) -> training.FitResult:
+    """Train ``cfg`` in ``workdir`` for ``cfg.steps`` steps in total, resuming if checkpoints exist.
+
+    A start that fails (a configuration that cannot be built, a model that cannot take the data,
+    an error in the first steps before any checkpoint) leaves no ``config.json`` behind, so the
+    corrected command can use the same work directory. ``stop``: see :func:`jdiff.training.fit`
+    (``jdiff train`` passes :func:`jdiff.training.stop_on_signals`).
+    """
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"work directory {str(workdir)!r} exists and is not a directory")
     run = build_run(cfg)  # first: a configuration that cannot be built must not claim workdir
+    optimizer, state = _fresh_state(run)  # and neither may a model that cannot take the data
+    claimed = not (workdir / "config.json").exists()
+    created_dir = not workdir.exists()
     _check_config(workdir, cfg)
-    optimizer, state = _fresh_state(run)
-    step = training.make_train_step(run.loss_fn, optimizer, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
-                                    compute_dtype=jnp.dtype(cfg.compute_dtype) if cfg.compute_dtype else None)
-    mesh = training.data_mesh() if (cfg.data_parallel and jax.device_count() > 1) else None
-    checkpointer = training.Checkpointer(workdir / "checkpoints", save_every=cfg.save_every, keep=cfg.keep)
+    checkpointer = None
     try:
+        step = training.make_train_step(run.loss_fn, optimizer, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
+                                        compute_dtype=jnp.dtype(cfg.compute_dtype) if cfg.compute_dtype else None)
+        mesh = training.data_mesh() if (cfg.data_parallel and jax.device_count() > 1) else None
+        checkpointer = training.Checkpointer(workdir / "checkpoints", save_every=cfg.save_every, keep=cfg.keep)
         options = training.CPU_CONV_EIGEN if (cfg.cpu_conv_eigen and jax.default_backend() == "cpu") else None
         return training.fit(state, training.jit_train_step(step, mesh, compiler_options=options), run.batch_fn, cfg.steps,
                             checkpointer=checkpointer, metadata={"config": cfg.to_json()},
                             log_every=cfg.log_every, metrics_file=workdir / "metrics.jsonl",
-                            progress=progress, mesh=mesh)
+                            progress=progress, mesh=mesh, stop=stop)
+    except training.TrainingInterrupted:
+        raise
+    except BaseException:
+        if claimed and (checkpointer is None or not checkpointer.all_steps()):
+            _release_workdir(workdir, created_dir)
+        raise
     finally:
-        checkpointer.close()
+        if checkpointer is not None:
+            checkpointer.close()
+
+
+def _release_workdir(workdir: Path, created_dir: bool) -> None:
+    """Undo a failed start: remove what it wrote (config, empty checkpoint folder, metrics)."""
+    import shutil
+
+    if jax.process_index() != 0:
+        return
+    for name in ("config.json", "metrics.jsonl"):
+        (workdir / name).unlink(missing_ok=True)
+    ckpt = workdir / "checkpoints"
+    if ckpt.is_dir() and not any(p.name.isdigit() for p in ckpt.iterdir()):
+        shutil.rmtree(ckpt, ignore_errors=True)
+    if created_dir:
+        try:
+            workdir.rmdir()
+        except OSError:
+            pass
 
 
 def load_run(workdir, step: int | None = None):

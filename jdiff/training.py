@@ -17,15 +17,22 @@
   finalisation) with a fingerprint of the state stored beside it; :meth:`Checkpointer.restore_latest`
   walks back from the newest step and skips any checkpoint that fails to load or whose
   fingerprint does not match (a truncated or corrupted directory), using the previous good one.
-* :func:`fit`: the loop, with metrics as JSON lines and a rich progress bar.
+* :func:`fit`: the loop, with metrics as JSON lines and a rich progress bar (plain periodic lines
+  when stdout is not a terminal). With :func:`stop_on_signals`, SIGINT / SIGTERM end the loop
+  after the current step with a checkpoint at that step (:class:`TrainingInterrupted`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -317,14 +324,106 @@ class FitResult:
     resumed_from: int | None
 
 
+class TrainingInterrupted(Exception):
+    """Raised by :func:`fit` after a stop signal: the state at ``step`` is checkpointed.
+
+    ``exit_code`` is the shell convention for a process ended by the signal (130 for SIGINT,
+    143 for SIGTERM)."""
+
+    def __init__(self, step: int, signum: int, saved: bool):
+        self.step, self.signum, self.saved = step, signum, saved
+        super().__init__(f"{signal.Signals(signum).name} at step {step}"
+                         + ("; checkpoint saved" if saved else ""))
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Turn the first of ``signums`` into a request to stop; yields ``() -> signum | None``.
+
+    Pass the yielded function to :func:`fit` as ``stop``: the loop finishes the current step,
+    saves a checkpoint and raises :class:`TrainingInterrupted`. The first signal restores the
+    previous handlers, so a second one acts at once (Ctrl-C twice still kills a hung run).
+    Outside the main thread (where Python cannot install handlers) nothing is installed.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def handler(signum, frame):  # noqa: ARG001
+        received.append(signum)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def _to_float(v):
     return float(np.asarray(jax.device_get(v)))
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records after ``last_step`` from a JSON-lines metrics file (atomically): a run resumed
+    from the checkpoint at ``last_step`` redoes those steps and logs them again."""
+    if not path.exists():
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if not (isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > last_step):
+                keep.append(json.dumps(rec) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _PlainProgress:
+    """Progress as plain lines (for logs of batch jobs: stdout is not a terminal): one line per
+    logged step, at most one every ``min_interval`` seconds, plus the last. The time left is
+    estimated from the steps since the first line (so compilation does not count)."""
+
+    def __init__(self, total: int, min_interval: float = 10.0):
+        self.total, self.min_interval = total, min_interval
+        self.t0 = time.perf_counter()
+        self.first: tuple[int, float] | None = None
+        self.last = -math.inf
+
+    def log(self, step: int, record: dict) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (step, now)
+        if step != self.total and now - self.last < self.min_interval:
+            return
+        self.last = now
+        eta = ""
+        if step > self.first[0] and step < self.total:
+            rate = (step - self.first[0]) / (now - self.first[1])
+            eta = f", ~{(self.total - step) / rate:.0f} s left"
+        loss = record.get("loss")
+        loss_text = f" loss {loss:.4f}" if loss is not None else ""
+        print(f"train step {step}/{self.total}{loss_text} ({now - self.t0:.0f} s{eta})", flush=True)
 
 
 def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], num_steps: int, *,
         checkpointer: Checkpointer | None = None, metadata: dict | None = None, log_every: int = 50,
         metrics_file: str | Path | None = None, progress: bool = True, mesh: Mesh | None = None,
-        callbacks: Iterable[Callable[[int, TrainState, dict], None]] = ()) -> FitResult:
+        callbacks: Iterable[Callable[[int, TrainState, dict], None]] = (),
+        stop: Callable[[], int | None] | None = None) -> FitResult:
     """Run ``step_fn`` until ``state.step == num_steps``, resuming from the checkpointer if it has one.
 
     Args:
@@ -337,9 +436,13 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], nu
       metadata: JSON-serialisable dict stored with every checkpoint.
       log_every: metrics are fetched from the device, appended to ``metrics_file`` (JSON lines:
         step, wall time in seconds since this call started, metrics) and passed to ``callbacks``
-        every ``log_every`` steps. A resumed run appends: its records restart the clock at 0 and
-        repeat the steps after the checkpoint it resumed from (keep the last record per step).
-      progress: show a rich progress bar (only on process 0).
+        every ``log_every`` steps. A resumed run first drops the records after the checkpoint it
+        resumed from (it redoes those steps), so the file holds each step once; the clock of
+        its records restarts at 0.
+      progress: show progress (only on process 0): a rich bar on a terminal, else a plain line
+        per logged step (at most one every 10 s).
+      stop: polled after every step (:func:`stop_on_signals`); a signal number ends the loop with
+        a checkpoint at the current step and :class:`TrainingInterrupted`.
     """
     resumed_from = None
     if mesh is not None:
@@ -354,15 +457,17 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], nu
     out = None
     if metrics_file is not None and jax.process_index() == 0:
         Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(Path(metrics_file), start)
         out = open(metrics_file, "a", encoding="utf-8")
     history: list[dict] = []
     show = progress and jax.process_index() == 0
+    plain = _PlainProgress(num_steps) if show and not sys.stdout.isatty() else None
     t0 = time.perf_counter()
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeRemainingColumn(), disable=not show, transient=False) as bar:
+                      TimeRemainingColumn(), disable=not show or plain is not None, transient=False) as bar:
             task = bar.add_task("train", total=num_steps, completed=start, info="")
             for step in range(start, num_steps):
                 batch = batch_fn(step)
@@ -380,9 +485,17 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], nu
                     for cb in callbacks:
                         cb(done, state, record)
                     bar.update(task, info=f"loss {record.get('loss', float('nan')):.4f}")
+                    if plain is not None:
+                        plain.log(done, record)
                 if checkpointer is not None:
                     checkpointer.save(state, metadata, force=done == num_steps, step=done)
                 bar.update(task, completed=done)
+                signum = stop() if stop is not None else None
+                if signum is not None and done < num_steps:
+                    saved = checkpointer is not None
+                    if saved:
+                        checkpointer.save(state, metadata, force=True, step=done)
+                    raise TrainingInterrupted(done, signum, saved)
     finally:
         if out is not None:
             out.close()

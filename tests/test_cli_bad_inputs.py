@@ -1,0 +1,131 @@
+"""Every bad input a user can give the command line is one line ``PROG: error: ...``, status 2,
+no traceback, and no work done (no output written, no work directory claimed).
+
+The table below is the list to extend as commands grow: ``(command, argv, text the error must
+contain)``. ``FILE`` is replaced by the path of an existing regular file, ``RUN`` by a work
+directory holding a run's ``config.json``, ``SPEC`` by a malformed testbed spec and ``NOISE`` by
+noise of the wrong shape; everything runs in an empty temporary directory.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import load_script
+
+from jdiff.cli import main as jdiff_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+BAD_INPUTS = [
+    # jdiff sample
+    ("jdiff", ["sample", "--solver", "nope"], "unknown solver 'nope'"),
+    ("jdiff", ["sample", "--testbed", "nope"], "unknown testbed"),
+    ("jdiff", ["sample", "--schedule", "vpp"], "unknown schedule 'vpp'"),
+    ("jdiff", ["sample", "--grid", "fancy"], "unknown grid 'fancy'"),
+    ("jdiff", ["sample", "--nfe", "ten"], "invalid int value"),
+    ("jdiff", ["sample", "--solver", "heun", "--nfe", "2"], "needs NFE >= 3"),
+    ("jdiff", ["sample", "--steps", "-3"], "--steps must be at least 1"),
+    ("jdiff", ["sample", "--n", "0"], "--n must be at least 1"),
+    ("jdiff", ["sample", "--out", "missing-dir/x.npy"], "does not exist"),
+    ("jdiff", ["sample", "--out", "."], "is a directory"),
+    ("jdiff", ["sample", "--noise", "missing.npy"], "missing.npy"),
+    ("jdiff", ["sample", "--testbed", "mix16d", "--noise", "NOISE"], "(n, 16)"),
+    ("jdiff", ["sample", "--final", "middle"], "invalid choice"),
+    ("jdiff", ["sample", "--denoise-to-zero"], "--final t_min"),
+    ("jdiff", ["sample", "--testbed", "SPEC"], "field 'stds' must be positive"),
+    ("jdiff", ["sample", "--prng", "mt19937"], "invalid choice"),
+    ("jdiff", ["samplex"], "invalid choice"),
+    # jdiff bench steps
+    ("jdiff", ["bench"], "required"),
+    ("jdiff", ["bench", "steps", "--solvers", "ddim,nope"], "unknown solver 'nope'"),
+    ("jdiff", ["bench", "steps", "--nfe", "0"], "positive"),
+    ("jdiff", ["bench", "steps", "--nfe", "5,x"], "--nfe"),
+    ("jdiff", ["bench", "steps", "--solvers", "heun", "--nfe", "2,10"], "needs NFE >= 3"),
+    ("jdiff", ["bench", "steps", "--out", "FILE"], "is not a directory"),
+    ("jdiff", ["bench", "steps", "--n", "0"], "--n must be at least 1"),
+    ("jdiff", ["bench", "steps", "--grid", "fancy"], "unknown grid 'fancy'"),
+    ("jdiff", ["bench", "steps", "--testbed", "mix2d,nope"], "unknown testbed 'nope'"),
+    ("jdiff", ["bench", "steps", "--testbed", "mix2d", "--noise", "NOISE"], "(n, 2)"),
+    # jdiff train
+    ("jdiff", ["train"], "--workdir"),
+    ("jdiff", ["train", "--workdir", "w", "--steps", "-10"], "--steps must be at least 0"),
+    ("jdiff", ["train", "--workdir", "w", "--batch-size", "0"], "--batch-size must be at least 1"),
+    ("jdiff", ["train", "--workdir", "w", "--lr", "-1"], "--lr must be non-negative"),
+    ("jdiff", ["train", "--workdir", "w", "--ema-decay", "1.5"], "--ema-decay must be below 1"),
+    ("jdiff", ["train", "--workdir", "FILE"], "exists and is not a directory"),
+    ("jdiff", ["train", "--workdir", "w", "--data", "cifar10:missing-cifar"], "not found: missing-cifar"),
+    ("jdiff", ["train", "--workdir", "w", "--data", "mix2d"], "needs images"),
+    ("jdiff", ["train", "--workdir", "w", "--data", "mix2d", "--model", "mlp", "--conditional", "true"],
+     "has no labels"),
+    ("jdiff", ["train", "--workdir", "w", "--data", "imagenet"], "unknown image data"),
+    ("jdiff", ["train", "--workdir", "w", "--model", "unet_huge"], "unknown model 'unet_huge'"),
+    ("jdiff", ["train", "--workdir", "w", "--lr-decay", "step"], "unknown lr_decay 'step'"),
+    ("jdiff", ["train", "--workdir", "w", "--compute-dtype", "float99"], "unknown compute_dtype"),
+    ("jdiff", ["train", "--workdir", "w", "--schedule", "vpp"], "unknown schedule"),
+    ("jdiff", ["train", "--workdir", "w", "--flip", "maybe"], "expected true/false"),
+    ("jdiff", ["train", "--workdir", "w", "--data", "mix2d", "--model", "mlp", "--weighting", "p2"],
+     "unknown weighting 'p2'"),
+    ("jdiff", ["train", "--workdir", "RUN", "--lr", "0.5"], "--lr 0.5 (run: 0.0002)"),
+    ("jdiff", ["train", "--workdir", "w", "--model-kwargs", '{"chans": 8}'], "unknown UNetConfig field(s) chans"),
+    ("jdiff", ["train", "--workdir", "w", "--model-kwargs", "{ch: 8}"], "not valid JSON"),
+    # experiments/cifar10_sampling.py
+    ("experiment", ["--config", "imagenet"], "invalid choice"),
+    ("experiment", ["--config", "cifar10"], "needs --data-path"),
+    ("experiment", ["--config", "cifar10", "--data-path", "missing-cifar"], "does not exist"),
+    ("experiment", ["--solvers", "ddim,nope"], "unknown solver 'nope'"),
+    ("experiment", ["--nfe", "0"], "positive"),
+    ("experiment", ["--repeats", "0"], "--repeats must be at least 1"),
+    ("experiment", ["--n-samples", "0"], "--n-samples must be at least 1"),
+    ("experiment", ["--grid", "fancy"], "unknown grid 'fancy'"),
+    ("experiment", ["--out", "FILE"], "exists and is not a directory"),
+    ("experiment", ["--workdir", "empty", "--no-train"], "holds no trained run"),
+    ("experiment", ["--inception", "missing.npz"], "is not a file"),
+    ("experiment", ["--steps", "-1"], "--steps must be at least 0"),
+]
+
+
+@pytest.fixture(scope="module")
+def experiment_main():
+    return load_script(REPO / "experiments" / "cifar10_sampling.py", "cifar10_sampling_cli").main
+
+
+def _prepare(argv, tmp_path):
+    from jdiff.run import RunConfig
+
+    (tmp_path / "FILE").write_text("not a directory")
+    (tmp_path / "spec.json").write_text(json.dumps({"weights": [1.0], "means": [[0.0]], "stds": [[0.0]]}))
+    np.save(tmp_path / "noise.npy", np.zeros((10, 3), np.float32))
+    (tmp_path / "RUN").mkdir()
+    (tmp_path / "RUN" / "config.json").write_text(json.dumps(dataclasses.asdict(RunConfig())))
+    (tmp_path / "empty").mkdir()
+    return [{"SPEC": "spec.json", "NOISE": "noise.npy"}.get(a, a) for a in argv]
+
+
+@pytest.mark.parametrize("command,argv,message", BAD_INPUTS, ids=[" ".join(c[1]) for c in BAD_INPUTS])
+def test_bad_input_is_one_line_and_status_2(command, argv, message, tmp_path, monkeypatch, capsys,
+                                            experiment_main):
+    monkeypatch.chdir(tmp_path)
+    argv = _prepare(argv, tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    main, prog = (jdiff_main, "jdiff") if command == "jdiff" else (experiment_main, "cifar10_sampling.py")
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == 2, (code, err)
+    assert err.startswith(f"{prog}: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert "Traceback" not in err and out == ""
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert after == before, "a failed command left files behind"
+
+
+def test_the_table_covers_every_command_with_at_least_30_inputs():
+    commands = {(c, a[0] if c == "jdiff" else "") for c, a, _ in BAD_INPUTS}
+    assert {("jdiff", "sample"), ("jdiff", "bench"), ("jdiff", "train"), ("experiment", "")} <= commands
+    assert len({(c, tuple(a)) for c, a, _ in BAD_INPUTS}) == len(BAD_INPUTS) >= 30
