@@ -19,9 +19,10 @@ model (``jax.vjp(ctx.model_x0, x)``: DPS and other gradient guidance; XLA remove
 first evaluation, so that costs one forward and one backward pass).
 
 ``post_step`` sees the solver state after step ``i`` (``grid.t[i] -> grid.t[i + 1]``) and the
-step's model outputs (a tuple of :class:`jdiff.solvers.Evaluation`, one per model call) and
-returns the state to continue from and the hook's new state: projections after a step (RePaint,
-DDNM's time travel), caches of earlier model outputs (DualFast). The hook state is carried
+step's model outputs (a tuple of :class:`jdiff.solvers.Evaluation`, one per model call, as the
+solver used them; ``ctx.model_outputs`` the same before any hook) and returns the state to
+continue from and the hook's new state: projections after a step (RePaint, DDNM's time travel),
+caches of earlier model outputs (DualFast). The hook state is carried
 through the sampling scan; it must keep a fixed shape.
 
 Several hooks compose in order (``hooks=(a, b)``: ``b.x0(a.x0(x0))``, ``a.post_step`` first),
@@ -40,6 +41,9 @@ class HookContext(NamedTuple):
     state: Any  # the hook's own state
     key: Any  # a key of the hooks' stream, distinct per step (and per model call in ``x0``)
     model_x0: Callable | None = None  # x -> x0 of the model at this time (``x0`` only)
+    # ``post_step`` only: the step's model outputs before any hook, one Evaluation(x0, eps) per
+    # model call (``outputs`` holds them as the solver used them, after the x0 hooks)
+    model_outputs: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

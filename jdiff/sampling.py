@@ -42,7 +42,7 @@ from jax import lax
 from .grids import check_grid
 from .hooks import HookContext, as_hooks, has_post_step, transforms_x0
 from .prediction import check_prediction, to_x0_eps
-from .solvers.base import Solver, grid_coeffs
+from .solvers.base import Evaluation, Solver, grid_coeffs
 from .statics import check_no_captured_arrays, combine, partition
 
 SOLVER_STREAM, MODEL_STREAM, HOOK_STREAM = 0, 1, 2
@@ -74,6 +74,7 @@ def make_denoise(model_fn, prediction: str, args=None, hooks=(), hook_states=(),
     """
     calls = [0]
     x0_hooks = [(h, s) for h, s in zip(hooks, hook_states) if transforms_x0(h)]
+    model_outputs = []  # this step's raw model outputs, for the post-step hooks
 
     def call(x, t, j):
         if model_key is None:
@@ -84,6 +85,7 @@ def make_denoise(model_fn, prediction: str, args=None, hooks=(), hook_states=(),
         j = calls[0]
         calls[0] += 1
         x0, eps = to_x0_eps(call(x, t, j), x, alpha, sigma, prediction)
+        model_outputs.append(Evaluation(x0, eps))
         if x0_hooks:
             def model_x0(x_):
                 return to_x0_eps(call(x_, t, j), x_, alpha, sigma, prediction)[0]
@@ -96,6 +98,7 @@ def make_denoise(model_fn, prediction: str, args=None, hooks=(), hook_states=(),
                 eps = (x - alpha * x0) / sigma
         return x0, eps
 
+    denoise.model_outputs = model_outputs
     return denoise
 
 
@@ -166,7 +169,8 @@ class Stepper(NamedTuple):
         hs = list(st.hooks)
         for m, h in enumerate(hooks):
             if has_post_step(h):
-                ctx = HookContext(hs[m], jax.random.fold_in(jax.random.fold_in(self.k_post_hooks, k), m))
+                ctx = HookContext(hs[m], jax.random.fold_in(jax.random.fold_in(self.k_post_hooks, k), m),
+                                  model_outputs=tuple(denoise.model_outputs))
                 s, hs[m] = h.post_step(s, outputs, g, i, self.args, ctx)
         return st._replace(solver=s, hooks=tuple(hs))
 
