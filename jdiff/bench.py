@@ -19,6 +19,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,6 +49,7 @@ class StepCountConfig:
     n_samples: int = 1000
     seed: int = 0
     noise: str | None = None  # path to a .npy of standard-normal noise, shape (n, dim)
+    accel: Any = None  # a jdiff.accel.plan.AccelPlan: teleport and/or DualFast for every run
 
 
 def parse_list(value: str, valid, what: str, allow_all: bool = True, default=None) -> tuple:
@@ -119,6 +121,8 @@ def check_step_counts(cfg: StepCountConfig) -> list[tuple]:
         if cfg.noise:
             load_noise(cfg.noise, tb.dim)
         for grid_name in cfg.grids:
+            if cfg.accel is not None:
+                cfg.accel.check_grid(grid_name)
             for sname, solver in solvers.items():
                 for budget in cfg.nfe:
                     n = steps_for_nfe(solver, budget, cfg.final == "zero")
@@ -135,7 +139,7 @@ def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
     records = []
     task = progress.add_task("step counts", total=len(plan)) if progress else None
     key = jax.random.key(cfg.seed)
-    testbeds, refs, data = {}, {}, {}
+    testbeds, refs, data, accel_cache = {}, {}, {}, {}
     for tb_name, grid_name, sname, budget, n in plan:
         if tb_name not in testbeds:
             tb = get_testbed(tb_name)
@@ -147,16 +151,22 @@ def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
             testbeds[tb_name] = (tb, tb.model_fn(schedule), z)
             data[tb_name] = x_data
         tb, model_fn, z = testbeds[tb_name]
-        grid = grids_mod.make_grid(schedule, grid_name, n, cfg.final)
-        x_T = np.asarray(init_noise(schedule, grid[0], z))
-        rkey = (tb_name, float(grid[0]), float(grid[-1]))
+        full = grids_mod.make_grid(schedule, grid_name, n, cfg.final)
+        x_T = np.asarray(init_noise(schedule, full[0], z))
+        rkey = (tb_name, float(full[0]), float(full[-1]))
         if rkey not in refs:
-            ref = reference_solve(model_fn, schedule, x_T, grid[0], grid[-1])
+            ref = reference_solve(model_fn, schedule, x_T, full[0], full[-1])
             refs[rkey] = (ref, sliced_wasserstein(ref, data[tb_name]))
         ref, sw_floor = refs[rkey]
         solver = solvers[sname]
+        grid, accel_rec = full, {}
         t0 = time.perf_counter()
-        x = np.asarray(sample(model_fn, schedule, solver, grid, x_T, key=jax.random.fold_in(key, 2)))
+        if cfg.accel is not None and cfg.accel.active:
+            x, grid, accel_rec = _accelerated_run(cfg, accel_cache, tb_name, tb, model_fn, schedule, solver,
+                                                  grid_name, n, x_T, jax.random.fold_in(key, 2))
+        else:
+            x = sample(model_fn, schedule, solver, grid, x_T, key=jax.random.fold_in(key, 2))
+        x = np.asarray(x)
         wall = time.perf_counter() - t0
         rec = {
             "testbed": tb_name,
@@ -170,9 +180,11 @@ def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
             "nfe": count_nfe(solver, grid),
             "n_steps": n,
             "n_samples": int(z.shape[0]),
+            **accel_rec,
             **_errors(x, ref),
             "sw": sliced_wasserstein(x, data[tb_name]),
             "sw_floor": sw_floor,
+            "nfe_total": count_nfe(solver, grid) + accel_rec.get("probe_nfe_per_sample", 0.0),
             "finite": bool(np.all(np.isfinite(x))),
             "wall_s_incl_compile": wall,
         }
@@ -182,7 +194,45 @@ def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
     return records
 
 
+def _accelerated_run(cfg, cache, tb_name, tb, model_fn, schedule, solver, grid_name, n, x_T, key):
+    """``(x, grid, record fields)`` of a run with ``cfg.accel``: DualFast as a hook; teleport with
+    the testbed's exact mean and covariance as the Gaussian (``auto`` probed once per testbed and
+    grid), ``n`` steps after the teleport."""
+    from .accel.plan import resolve_fraction, teleported_sample
+
+    plan = cfg.accel
+    rec = {**plan.describe()}
+    if plan.teleport is None:
+        grid = grids_mod.make_grid(schedule, grid_name, n, cfg.final)
+        return sample(model_fn, schedule, solver, grid, x_T, key=key, hooks=plan.hooks), grid, rec
+    if ("stats", tb_name) not in cache:
+        from .accel import GaussianStats
+
+        cache[("stats", tb_name)] = GaussianStats.from_mixture(tb)
+    stats = cache[("stats", tb_name)]
+    if (tb_name, grid_name) not in cache:
+        cache[(tb_name, grid_name)] = resolve_fraction(plan, model_fn, stats, schedule, grid_name, x_T)
+    fraction, calls, n_probe = cache[(tb_name, grid_name)]
+    x, grid, info = teleported_sample(plan, model_fn, stats, schedule, solver, grid_name, n, cfg.final, x_T,
+                                      fraction, key)
+    k = info.skip_index
+    denom = len(grid) - 2 if cfg.final == "zero" else len(grid) - 1
+    rec.update(teleport_fraction=k / denom if denom else 0.0, teleport_t=float(grid[k]), teleport_index=k,
+               probe_calls=calls, probe_nfe_per_sample=calls * n_probe / x_T.shape[0])
+    return x, grid[k:], rec
+
+
 # --- reports ---------------------------------------------------------------------------------
+def _accel_label(rec: dict) -> str:
+    parts = []
+    if rec.get("teleport") is not None:
+        parts.append(f"teleport {rec['teleport']} (to fraction {rec['teleport_fraction']:.2f}, "
+                     f"probe {rec['probe_calls']} calls = {rec['probe_nfe_per_sample']:.3f} NFE per sample)")
+    if rec.get("dualfast") is not None:
+        parts.append("DualFast " + ", ".join(f"{k}={v}" for k, v in rec["dualfast"].items()))
+    return "; " + "; ".join(parts) if parts else ""
+
+
 def markdown_table(records: list[dict], metric: str = "rmse") -> str:
     """One table per testbed: rows solver/grid, columns NFE budget, best per column in bold."""
     out = []
@@ -196,8 +246,9 @@ def markdown_table(records: list[dict], metric: str = "rmse") -> str:
             cands = [cell[k + (b,)][metric] for k in rows if k + (b,) in cell
                      and not cell[k + (b,)]["stochastic"]]
             best[b] = min(cands) if cands else None
+        accel = _accel_label(rs[0])
         out.append(f"### {tb} ({rs[0]['dim']}-D), {metric} vs reference ODE solve; "
-                   f"schedule {rs[0]['schedule']}, final {rs[0]['final']}\n")
+                   f"schedule {rs[0]['schedule']}, final {rs[0]['final']}{accel}\n")
         out.append("| solver | grid | " + " | ".join(f"NFE {b}" for b in budgets) + " |")
         out.append("|---|---|" + "---|" * len(budgets))
         for s, g in rows:

@@ -59,6 +59,7 @@ def _cmd_bench_steps(args) -> int:
         n_samples=args.n,
         seed=args.seed,
         noise=args.noise,
+        accel=accel_plan(args),
     )
     bench.check_step_counts(cfg)  # every input error before the progress bar and any work
     t0 = time.perf_counter()
@@ -92,6 +93,9 @@ def _cmd_sample(args) -> int:
     if args.denoise_to_zero and args.final == "zero":
         raise ValueError("--denoise-to-zero needs --final t_min (a grid ending at t = 0 already "
                          "ends on the data prediction)")
+    plan = accel_plan(args)
+    if plan is not None:
+        plan.check_grid(args.grid)
     n_steps = (args.steps if args.steps is not None
                else steps_for_nfe(solver, args.nfe - int(args.denoise_to_zero), args.final == "zero"))
     grid = grids.make_grid(schedule, args.grid, n_steps, args.final)
@@ -100,16 +104,34 @@ def _cmd_sample(args) -> int:
     else:
         z = np.random.RandomState(args.seed).standard_normal((args.n, tb.dim)).astype(np.float32)
     x_T = init_noise(schedule, grid[0], z)
+    model_fn = tb.model_fn(schedule)
     t0 = time.perf_counter()
     key = prng.key(args.seed) if args.prng == "threefry_xla" else jax.random.key(args.seed)
-    x = sample(tb.model_fn(schedule), schedule, solver, grid, x_T, key=key,
-               denoise_to_zero=args.denoise_to_zero, check_finite=args.check_finite)
+    accel_note = ""
+    if plan is not None and plan.dualfast is not None:
+        accel_note += f"; {plan.dualfast}"
+    if plan is not None and plan.teleport is not None:
+        from .accel import GaussianStats
+        from .accel.plan import resolve_fraction, teleported_sample
+
+        stats = GaussianStats.from_mixture(tb)
+        fraction, calls, n_probe = resolve_fraction(plan, model_fn, stats, schedule, args.grid, x_T)
+        x, full, info = teleported_sample(plan, model_fn, stats, schedule, solver, args.grid, n_steps, args.final,
+                                          x_T, fraction, key, denoise_to_zero=args.denoise_to_zero,
+                                          check_finite=args.check_finite)
+        grid = full[info.skip_index:]
+        accel_note += (f"; teleported to t = {grid[0]:.4g} (fraction {fraction:.2f}"
+                       + (f", auto: {calls} probe calls on {n_probe} samples = "
+                          f"{calls * n_probe / z.shape[0]:.3f} NFE per sample" if calls else "") + ")")
+    else:
+        x = sample(model_fn, schedule, solver, grid, x_T, key=key, hooks=() if plan is None else plan.hooks,
+                   denoise_to_zero=args.denoise_to_zero, check_finite=args.check_finite)
     x = np.asarray(x)
     wall = time.perf_counter() - t0
     np.save(args.out, x)
     loglik = float(np.mean(np.asarray(tb.log_prob(jax.numpy.asarray(x)))))
     print(f"{args.solver}: {x.shape[0]} samples of {tb.name} ({tb.dim}-D), {n_steps} steps, "
-          f"NFE {nfe(solver, grid, args.denoise_to_zero)}, {wall:.2f} s incl. compile; "
+          f"NFE {nfe(solver, grid, args.denoise_to_zero)}{accel_note}, {wall:.2f} s incl. compile; "
           f"mean data log-density {loglik:.3f}; wrote {args.out}")
     return 0
 
@@ -284,6 +306,32 @@ DEFAULT_SOLVER = "ipndm"  # the most accurate deterministic solver at NFE 10 on 
 # testbeds in benchmarks/results/step_counts.md (RMSE 1.2e-2 on mix2d, 6.9e-2 on mix16d)
 
 
+def add_accel_args(parser) -> None:
+    """``--teleport``, ``--teleport-tol`` and ``--dualfast`` (:mod:`jdiff.accel.plan`)."""
+    parser.add_argument("--teleport", default=None, metavar="FRACTION|auto",
+                        help="skip that fraction of the grid's coordinate with the closed-form Gaussian "
+                             "flow (the testbed's exact mean and covariance), spending every step on the "
+                             "rest; auto: the largest fraction where model and Gaussian agree within "
+                             "--teleport-tol (its probe calls are reported per sample)")
+    parser.add_argument("--teleport-tol", type=float, default=None,
+                        help="auto teleport: relative RMS disagreement of the x0 predictions (default 0.1)")
+    parser.add_argument("--dualfast", nargs="?", const="", default=None, metavar="k=v,...",
+                        help="DualFast correction (no extra NFE); options scale, ramp (constant, step, "
+                             "time), reference (previous, first), space (eps, x0); bare flag: defaults")
+
+
+def accel_plan(args):
+    """The :class:`jdiff.accel.plan.AccelPlan` of ``--teleport`` / ``--dualfast`` (None: neither)."""
+    from .accel.plan import DEFAULT_TOL, AccelPlan, parse_dualfast, parse_teleport
+
+    teleport = parse_teleport(args.teleport)
+    if args.teleport_tol is not None and teleport != "auto":
+        raise ValueError("--teleport-tol applies to --teleport auto only")
+    plan = AccelPlan(teleport=teleport, tol=DEFAULT_TOL if args.teleport_tol is None else args.teleport_tol,
+                     dualfast=parse_dualfast(args.dualfast))
+    return plan if plan.active else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .grids import GRIDS
     from .schedules import SCHEDULES
@@ -312,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prng", default="threefry2x32", choices=["threefry2x32", "threefry_xla"],
                    help="key of stochastic solvers: jax.random.key or jdiff.prng.key (same Threefry "
                         "cipher, other stream, about 2x cheaper draws on CPU)")
+    add_accel_args(s)
     s.add_argument("--out", default="samples.npy", help="output .npy of shape (n, dim)")
     s.set_defaults(func=_cmd_sample)
 
@@ -331,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="grid end: t = 0 (clean data) or the schedule's t_min")
     st.add_argument("--n", type=int, default=1000, help="samples per testbed (without --noise)")
     st.add_argument("--seed", type=int, default=0, help="seed of the noise and of stochastic solvers")
+    add_accel_args(st)
     st.add_argument("--out", default="bench_out", help="output directory")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
     st.set_defaults(func=_cmd_bench_steps)

@@ -97,7 +97,8 @@ def test_teleport_then_solver_equals_solver_from_exact_state(name, gauss64):
         out = np.asarray(jdiff.sample(model, VP, solver, grid, x_k, start=k))
         ref = np.asarray(jdiff.sample(model, VP, solver, grid, exact, start=k))
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
-        conv, info = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 0.3, return_info=True)
+        conv, info = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 0.3, history="fresh",
+                                             return_info=True)
     np.testing.assert_array_equal(np.asarray(conv), out)
     assert info == accel.TeleportInfo(skip_index=2, t_start=float(grid[2]), nfe=solver.nfe(6, True),
                                       probe_calls=0)
@@ -360,3 +361,27 @@ def test_load_rejects_a_foreign_npz(tmp_path):
     np.savez(p, a=np.zeros(3))
     with pytest.raises(ValueError, match="not a GaussianStats file"):
         GaussianStats.load(p)
+
+
+def test_history_auto_and_hooks_with_a_closed_form_history():
+    """history='auto' fills a multistep history from the closed form (and warms up solvers that
+    keep none); hooks such as DualFast run on the Gaussian steps too, so their state is ready."""
+    mix = jdiff.testbeds.get_testbed("mix16d")
+    stats = accel.GaussianStats.from_mixture(mix)
+    model = mix.model_fn(VP)
+    grid = jdiff.grids.make_grid(VP, "logsnr", 8)
+    x_T = jdiff.init_noise(VP, grid[0], jax.random.normal(jax.random.key(4), (64, 16)))
+    for name, want in (("dpmpp_2m", "closed_form"), ("unipc_bh2", "closed_form"), ("heun", "fresh")):
+        solver = jdiff.solvers.get_solver(name)
+        assert accel.supports_closed_form_history(solver, grid, x_T) == (want == "closed_form")
+        auto = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 3)
+        chosen = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 3, history=want)
+        np.testing.assert_array_equal(np.asarray(auto), np.asarray(chosen))
+    solver = jdiff.solvers.get_solver("dpmpp_2m")
+    plain = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 3, history="closed_form")
+    same = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 3, history="closed_form",
+                                   hooks=accel.DualFast(0.0))
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(same))
+    mixed = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 3, history="closed_form",
+                                    hooks=accel.DualFast(jnp.asarray(0.5)))
+    assert np.all(np.isfinite(np.asarray(mixed))) and np.max(np.abs(np.asarray(mixed) - np.asarray(plain))) > 1e-3

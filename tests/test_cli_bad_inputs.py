@@ -39,6 +39,12 @@ BAD_INPUTS = [
     ("jdiff", ["sample", "--testbed", "SPEC"], "field 'stds' must be positive"),
     ("jdiff", ["sample", "--prng", "mt19937"], "invalid choice"),
     ("jdiff", ["samplex"], "invalid choice"),
+    ("jdiff", ["sample", "--teleport", "1.5"], "--teleport must be a fraction in [0, 1) or 'auto'"),
+    ("jdiff", ["sample", "--teleport", "auto", "--teleport-tol", "0"], "tolerance must be positive"),
+    ("jdiff", ["sample", "--teleport", "0.2", "--teleport-tol", "0.1"], "applies to --teleport auto only"),
+    ("jdiff", ["sample", "--teleport", "0.2", "--grid", "linspace"], "needs a continuous grid"),
+    ("jdiff", ["sample", "--dualfast", "ramp=cosine"], "unknown DualFast ramp 'cosine'"),
+    ("jdiff", ["sample", "--dualfast", "strength=2"], "--dualfast takes k=v options"),
     # jdiff bench steps
     ("jdiff", ["bench"], "required"),
     ("jdiff", ["bench", "steps", "--solvers", "ddim,nope"], "unknown solver 'nope'"),
@@ -50,6 +56,9 @@ BAD_INPUTS = [
     ("jdiff", ["bench", "steps", "--grid", "fancy"], "unknown grid 'fancy'"),
     ("jdiff", ["bench", "steps", "--testbed", "mix2d,nope"], "unknown testbed 'nope'"),
     ("jdiff", ["bench", "steps", "--testbed", "mix2d", "--noise", "NOISE"], "(n, 2)"),
+    ("jdiff", ["bench", "steps", "--teleport", "half"], "--teleport must be a fraction"),
+    ("jdiff", ["bench", "steps", "--dualfast", "scale=-1"], "scale must be >= 0"),
+    ("jdiff", ["bench", "steps", "--teleport", "0.3", "--grid", "logsnr,trailing"], "needs a continuous grid"),
     # jdiff train
     ("jdiff", ["train"], "--workdir"),
     ("jdiff", ["train", "--workdir", "w", "--steps", "-10"], "--steps must be at least 0"),

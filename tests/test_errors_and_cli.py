@@ -110,6 +110,26 @@ def test_bench_steps_small_run_writes_outputs(capsys, tmp_path):
     assert (out / "step_counts.png").stat().st_size > 1000
 
 
+def test_bench_steps_with_accelerators_records_them_and_teleport_is_exact_on_a_gaussian(capsys, tmp_path):
+    """On gauss16d the closed-form teleport is exact: DDIM then takes its steps over half the
+    range, with less error; records say what was done (DualFast at scale 0 is the identity)."""
+    base = ["bench", "steps", "--testbed", "gauss16d", "--solvers", "ddim,dpmpp_2m", "--nfe", "4,6",
+            "--n", "200", "--quiet"]
+    assert run_cli(capsys, *base, "--out", str(tmp_path / "plain"))[0] == 0
+    code, _, err = run_cli(capsys, *base, "--teleport", "0.5", "--dualfast", "scale=0",  # 0: the identity
+                           "--out", str(tmp_path / "acc"))
+    assert code == 0, err
+    plain, acc = ({(r["solver"], r["nfe_budget"]): r for r in json.loads((tmp_path / d / "step_counts.json").read_text())}
+                  for d in ("plain", "acc"))
+    for key, r in acc.items():
+        assert r["nfe"] == r["nfe_budget"] == plain[key]["nfe"] and r["nfe_total"] == r["nfe"]
+        assert 0.3 < r["teleport_fraction"] <= 0.5 and r["teleport"] == 0.5 and r["probe_calls"] == 0
+        assert r["dualfast"]["scale"] == 0 and r["finite"]
+    for nfe in (4, 6):  # DDIM (first order, no history): the same steps over half the range
+        assert acc[("ddim", nfe)]["rmse"] < 0.67 * plain[("ddim", nfe)]["rmse"]
+    assert "teleport 0.5" in (tmp_path / "acc" / "step_counts.md").read_text()
+
+
 def test_bench_noise_file_is_used(capsys, tmp_path):
     z = np.random.RandomState(3).standard_normal((50, 2)).astype(np.float32)
     np.save(tmp_path / "z.npy", z)

@@ -18,9 +18,9 @@
 from .dualfast import DualFast, self_guidance
 from .gaussian import (GaussianModel, GaussianStats, gaussian_denoiser, gaussian_flow, gaussian_flow_x0,
                        gaussian_x0_eps)
-from .teleport import (TeleportInfo, auto_skip, closed_form_state, probe_errors, sample_teleported, skip_index,
+from .teleport import (AutoSkip, supports_closed_form_history, TeleportInfo, auto_fraction, auto_skip, closed_form_state, probe_errors, sample_teleported, skip_index,
                        t_of_sigma, tail_grid, teleport, time_at_fraction)
 
 __all__ = ["DualFast", "self_guidance", "GaussianStats", "GaussianModel", "gaussian_denoiser", "gaussian_flow", "gaussian_flow_x0",
            "gaussian_x0_eps", "skip_index", "teleport", "t_of_sigma", "time_at_fraction", "tail_grid",
-           "probe_errors", "auto_skip", "closed_form_state", "TeleportInfo", "sample_teleported"]
+           "probe_errors", "auto_skip", "auto_fraction", "AutoSkip", "supports_closed_form_history", "closed_form_state", "TeleportInfo", "sample_teleported"]

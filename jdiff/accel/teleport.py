@@ -37,7 +37,7 @@ from ..sampling import check_model_signature, sample
 from ..statics import check_no_captured_arrays, combine, partition
 from .gaussian import GaussianStats, gaussian_denoiser, gaussian_flow, gaussian_x0_eps
 
-HISTORIES = ("fresh", "closed_form")
+HISTORIES = ("fresh", "closed_form", "auto")
 
 
 def _concrete_grid(grid) -> np.ndarray:
@@ -205,10 +205,68 @@ def auto_skip(model_fn, stats: GaussianStats, schedule, grid, probe_x, tol: floa
     return k, calls
 
 
+class AutoSkip(NamedTuple):
+    """Result of :func:`auto_fraction`: teleport over ``fraction`` of the spacing's coordinate
+    (to time ``t``), found with ``calls`` model calls on ``n_probe`` probe samples."""
+
+    fraction: float
+    t: float
+    calls: int
+    n_probe: int
+
+    def nfe_per_sample(self, n_samples: int) -> float:
+        """The probe's cost in model evaluations per sample of a run of ``n_samples`` samples
+        that it serves (one call on ``n_probe`` samples costs ``n_probe / n_samples`` of one NFE)."""
+        return self.calls * self.n_probe / n_samples
+
+
+def auto_fraction(model_fn, stats: GaussianStats, schedule, probe_x, tol: float, *, spacing: str = "logsnr",
+                  resolution: int = 20, max_fraction: float = 0.9, args=None, prediction: str = "eps"):
+    """The largest teleport fraction ``j / resolution`` (of the way from ``t_max`` to ``t_min`` in
+    ``spacing``'s coordinate, :func:`time_at_fraction`) at which the model and the Gaussian
+    denoiser agree within ``tol`` on the probe samples (:func:`probe_errors`), by bisection on
+    ``j`` (the disagreement grows as the noise falls), so about ``log2(resolution)`` model calls.
+
+    Independent of the step budget: find it once per model, then sample any NFE from
+    :func:`tail_grid` at ``t``. ``probe_x``: standard-normal noise scaled as x_T at ``t_max``.
+    """
+    tol = float(tol)
+    if not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 2:
+        raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
+    if not 0 < max_fraction < 1:
+        raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction!r}")
+    top = max(1, int(math.floor(max_fraction * resolution)))
+    ladder = np.array([time_at_fraction(schedule, j / resolution, spacing) for j in range(top + 1)] + [0.0])
+    lo, hi, calls = 0, top, 0  # invariant: fraction lo / resolution is accepted
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        (err,) = probe_errors(model_fn, stats, schedule, ladder, probe_x, [mid], args=args, prediction=prediction)
+        calls += 1
+        if err <= tol:
+            lo = mid
+        else:
+            hi = mid - 1
+    return AutoSkip(lo / resolution, float(ladder[lo]), calls, int(jnp.shape(probe_x)[0]))
+
+
 # --- multistep history from the closed form ------------------------------------------------------
 
+def supports_closed_form_history(solver, grid, x_T) -> bool:
+    """Whether ``solver`` keeps a multistep history that :func:`closed_form_state` can fill."""
+    from ..solvers.base import GridCoeffs, MultistepState
+    from ..solvers.unipc import UniPCState
+
+    g = np.asarray(grid, np.float64)
+    coeffs = GridCoeffs(*(jnp.zeros(g.shape, jnp.float32) for _ in range(5)))
+    shape = jax.eval_shape(lambda x: solver.init(x, coeffs, jax.random.key(0), 0),
+                           jax.ShapeDtypeStruct(jnp.shape(x_T), jnp.float32))
+    return isinstance(shape, (MultistepState, UniPCState))
+
+
 def closed_form_state(stats: GaussianStats, schedule, solver, grid, x_T, k: int, key=None,
-                      history_steps: int = 3):
+                      history_steps: int = 3, hooks=(), args=None):
     """A :class:`jdiff.SampleState` at ``grid[k]`` whose multistep history comes from the
     closed-form Gaussian solution: the solver runs steps ``k - h .. k - 1`` (``h = min(k,
     history_steps)``) on the Gaussian denoiser from the exact Gaussian state at ``grid[k - h]``
@@ -216,7 +274,10 @@ def closed_form_state(stats: GaussianStats, schedule, solver, grid, x_T, k: int,
     exact closed-form state. Resume with
     ``jdiff.sample(model_fn, ..., None, key, start=k, state=state)``: the first real steps use the
     full order instead of a warm-up. Solvers with a :class:`~jdiff.solvers.MultistepState` or
-    UniPC's state only (``ValueError`` otherwise)."""
+    UniPC's state only (``ValueError`` otherwise). ``hooks`` (and the ``args`` they see) run on
+    the Gaussian steps too, so their state is ready for the model's steps (DualFast's reference
+    is then the Gaussian denoiser's output at the previous grid point); resume with the same
+    hooks."""
     g = _concrete_grid(grid)
     k = int(k)
     if not 1 <= k <= g.shape[0] - 2:
@@ -231,7 +292,7 @@ def closed_form_state(stats: GaussianStats, schedule, solver, grid, x_T, k: int,
     exact = {j: gaussian_flow(stats, schedule, x_T, g[0], g[j]) for j in (k - h, k - 1, k)}
     gauss = gaussian_denoiser(stats, schedule, "x0")
     _, st = sample(gauss, schedule, solver, g, exact[k - h], key, prediction="x0", start=k - h, stop=k,
-                   return_state=True)
+                   return_state=True, hooks=hooks, args=args)
     s = st.solver
     if not isinstance(s, (MultistepState, UniPCState)):
         raise ValueError(f"history='closed_form' needs a multistep solver (DPM-Solver(++) multistep, "
@@ -253,14 +314,15 @@ class TeleportInfo(NamedTuple):
 
 
 def sample_teleported(model_fn, schedule, solver, grid, x_T, stats: GaussianStats, skip, key=None, *,
-                      tol: float | None = None, probe=16, history: str = "fresh", history_steps: int = 3,
+                      tol: float | None = None, probe=16, history: str = "auto", history_steps: int = 3,
                       return_info: bool = False, **sample_kwargs):
     """Teleport ``x_T`` to ``grid[k]`` and run ``solver`` from there with :func:`jdiff.sample`.
 
     ``skip``: a grid index, a fraction in [0, 1) (:func:`skip_index`) or ``"auto"``
     (:func:`auto_skip` with ``tol``; ``probe`` is the number of leading samples of ``x_T`` used
     as probes, or an array of probe samples). ``history``: ``"fresh"`` (the solver warms up from
-    ``grid[k]``) or ``"closed_form"`` (:func:`closed_form_state`). Other keyword arguments go to
+    ``grid[k]``), ``"closed_form"`` (:func:`closed_form_state`) or ``"auto"`` (closed form for
+    the solvers that keep a multistep history, else fresh). Other keyword arguments go to
     :func:`jdiff.sample` (``args``, ``prediction``, ``denoise_to_zero``, ...; not ``start`` or
     ``state``). Returns the samples, or ``(samples, TeleportInfo)`` with ``return_info``.
     """
@@ -294,10 +356,14 @@ def sample_teleported(model_fn, schedule, solver, grid, x_T, stats: GaussianStat
     if n - k < solver.min_steps:
         raise ValueError(f"skipping {k} of {n} steps leaves {n - k}; solver {solver.name!r} needs "
                          f"at least {solver.min_steps}")
+    if history == "auto":
+        history = "closed_form" if supports_closed_form_history(solver, g, x_T) else "fresh"
     if history == "closed_form" and k > 0:
-        if sample_kwargs.get("hooks") or sample_kwargs.get("correct_x0") is not None:
-            raise ValueError("history='closed_form' does not support hooks or correct_x0")
-        state = closed_form_state(stats, schedule, solver, g, x_T, k, key, history_steps)
+        from ..hooks import as_hooks
+
+        hooks = as_hooks(sample_kwargs.get("correct_x0"), sample_kwargs.get("hooks", ()))
+        state = closed_form_state(stats, schedule, solver, g, x_T, k, key, history_steps, hooks=hooks,
+                                  args=sample_kwargs.get("args"))
         out = sample(model_fn, schedule, solver, g, None, key, start=k, state=state, **sample_kwargs)
     else:
         x_start, k = teleport(stats, schedule, g, x_T, k)
@@ -309,5 +375,5 @@ def sample_teleported(model_fn, schedule, solver, grid, x_T, stats: GaussianStat
     return out, TeleportInfo(skip_index=k, t_start=float(g[k]), nfe=nfe, probe_calls=probe_calls)
 
 
-__all__ = ["skip_index", "teleport", "t_of_sigma", "time_at_fraction", "tail_grid", "probe_errors",
+__all__ = ["supports_closed_form_history", "AutoSkip", "auto_fraction", "skip_index", "teleport", "t_of_sigma", "time_at_fraction", "tail_grid", "probe_errors",
            "auto_skip", "closed_form_state", "TeleportInfo", "sample_teleported", "HISTORIES"]
