@@ -31,6 +31,12 @@ Steps:
    ``fd_table.md`` (best solver per NFE in bold), ``fd_vs_nfe.png``, ``samples_<solver>_nfe<k>.png``,
    ``data_train.png``.
 
+5. With ``--variants plain,teleport,dualfast,both`` every solver also runs with the accelerators
+   of :mod:`jdiff.accel` at the same NFE: analytical teleportation (``--teleport FRACTION|auto``;
+   the Gaussian is the training images' mean and covariance; ``auto`` probes the model once on 16
+   noises, its calls reported per sample) and the DualFast hook (``--dualfast k=v,...``). Rows are
+   labelled ``solver+variant``.
+
 The model function handed to the sampler comes from :meth:`jdiff.run.Run.model_fn` (one seam,
 ``model_fn(x, t, args)``); accelerators and guidance wrap that function.
 """
@@ -49,7 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jdiff
-from jdiff import metrics
+from jdiff import accel, metrics
+from jdiff.accel.plan import DEFAULT_TOL, AccelPlan, parse_dualfast, parse_teleport, resolve_fraction, teleported_sample
 from jdiff.cli import Parser, add_run_config_args, check_output_dir, check_run_flags, run_command
 from jdiff.data import from_model_range, stratified_split, to_model_range
 from jdiff.plotting import save_image_grid
@@ -71,6 +78,7 @@ CONFIGS = {
 }
 DEFAULT_SOLVERS = "ddim,heun,dpmpp_2m,dpmpp_3m,unipc_bh2,ipndm"
 DEFAULT_NFE = "5,6,8,10,15,20"
+VARIANTS = ("plain", "teleport", "dualfast", "both")  # accelerators of each solver (jdiff.accel)
 
 
 def parse_args(argv=None):
@@ -92,6 +100,13 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1,
                    help="sample sets per solver and NFE, each from new initial noise; the tables give "
                         "the mean Frechet distance and its standard deviation over them")
+    p.add_argument("--variants", default="plain",
+                   help="comma list of plain, teleport, dualfast, both: each solver with each accelerator")
+    p.add_argument("--teleport", default="auto", metavar="FRACTION|auto",
+                   help="teleport of the teleport/both variants (Gaussian statistics of the training images)")
+    p.add_argument("--teleport-tol", type=float, default=DEFAULT_TOL, help="auto teleport tolerance")
+    p.add_argument("--dualfast", default="", metavar="k=v,...",
+                   help="DualFast options of the dualfast/both variants (empty: defaults)")
     p.add_argument("--quiet", action="store_true")
     overrides = p.add_argument_group(
         "run configuration overrides (jdiff.run.RunConfig; each preset's value in parentheses)")
@@ -112,10 +127,11 @@ def build_config(args) -> RunConfig:
     return RunConfig(**preset)
 
 
-def check_args(args) -> tuple[list[str], list[int]]:
-    """Every input error before any work: ``(solvers, nfe budgets)`` when all is well."""
+def check_args(args):
+    """Every input error before any work: ``(solvers, nfe budgets, variants, teleport, DualFast
+    hook)`` when all is well."""
     from jdiff.bench import parse_nfe
-    from jdiff.grids import GRIDS
+    from jdiff.grids import CONTINUOUS_GRIDS, GRIDS
 
     check_run_flags(args)
     for name in ("sample_batch", "feature_steps", "repeats", "n_samples"):
@@ -128,6 +144,14 @@ def check_args(args) -> tuple[list[str], list[int]]:
     for name in solvers:
         get_solver(name)  # an unknown name is a ValueError listing the valid ones
     nfes = list(parse_nfe(args.nfe))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise ValueError(f"unknown variant(s) {', '.join(map(repr, bad)) or '(none)'}; valid: {', '.join(VARIANTS)}")
+    teleport, dualfast = parse_teleport(args.teleport), parse_dualfast(args.dualfast)
+    AccelPlan(teleport=teleport, tol=args.teleport_tol, dualfast=dualfast)  # checks the tolerance
+    if teleport is not None and any(v in ("teleport", "both") for v in variants) and args.grid not in CONTINUOUS_GRIDS:
+        raise ValueError(f"teleportation needs a continuous grid ({', '.join(CONTINUOUS_GRIDS)}), got {args.grid!r}")
     if args.grid not in GRIDS:
         raise ValueError(f"unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
     if args.inception and not Path(args.inception).is_file():
@@ -137,7 +161,7 @@ def check_args(args) -> tuple[list[str], list[int]]:
     check_output_dir(args.out or str(Path(workdir) / "sampling"), "--out")
     if args.no_train and not (Path(workdir) / "config.json").exists():
         raise ValueError(f"--no-train: {workdir} holds no trained run")
-    return solvers, nfes
+    return solvers, nfes, variants, teleport, dualfast
 
 
 def feature_network(workdir: Path, train_ds, test_ds, steps: int, log):
@@ -238,7 +262,8 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    solvers, nfes = check_args(args)
+    solvers, nfes, variants, teleport, dualfast = check_args(args)
+    tol = args.teleport_tol
     cfg = build_config(args)
     workdir = Path(args.workdir or f"runs/{args.config}")
     out = Path(args.out or workdir / "sampling")
@@ -330,15 +355,33 @@ def _main(args) -> int:
     labels = (jnp.arange(n) % run.num_classes).astype(jnp.int32) if run.config.conditional else None
     sched = run.schedule
     rows = []
-    for name in solvers:
+    accel_stats, fractions = None, {}
+    if any(v in ("teleport", "both") for v in variants):
+        accel_stats = accel.GaussianStats.from_dataset(train_ds)
+
+    def fraction_for(plan):
+        """The teleport fraction (``auto``: probed once on 16 noises, with their labels)."""
+        if "f" not in fractions:
+            probe_z = jdiff.init_noise(sched, float(sched.t_max), zs[0][:plan.probe])
+            probe_model = run.model_fn(params, None if labels is None else labels[:plan.probe])
+            fractions["f"] = resolve_fraction(plan, probe_model, accel_stats, sched, args.grid, probe_z,
+                                              prediction=run.prediction)
+            log(f"teleport fraction {fractions['f'][0]:.2f} ({fractions['f'][1]} probe calls)")
+        return fractions["f"]
+
+    for name, variant in [(s_, v) for s_ in solvers for v in variants]:
         solver = get_solver(name)
+        label_name = name if variant == "plain" else f"{name}+{variant}"
+        plan = AccelPlan(teleport=teleport if variant in ("teleport", "both") else None, tol=tol,
+                         dualfast=dualfast if variant in ("dualfast", "both") else None)
         for budget in nfes:
             try:
                 steps = steps_for_nfe(solver, budget)
             except ValueError as err:
-                log(f"skip {name} at NFE {budget}: {err}")
+                log(f"skip {label_name} at NFE {budget}: {err}")
                 continue
             grid = jdiff.grids.make_grid(sched, args.grid, steps)
+            fraction = fraction_for(plan)[0] if plan.teleport is not None else 0.0
             t1 = time.perf_counter()
             fds: dict = {}
             finite = True
@@ -349,7 +392,15 @@ def _main(args) -> int:
                     sl = slice(i, i + args.sample_batch)
                     model_fn = run.model_fn(params, None if labels is None else labels[sl])
                     key = jax.random.fold_in(jax.random.key(args.sample_seed + 1 + 7919 * r), i)
-                    x = jdiff.sample(model_fn, sched, solver, grid, x_T[sl], key, prediction=run.prediction)
+                    if plan.teleport is not None:
+                        x, full, info = teleported_sample(plan, model_fn, accel_stats, sched, solver, args.grid,
+                                                          steps, "zero", x_T[sl], fraction, key,
+                                                          prediction=run.prediction)
+                        grid = full[info.skip_index:]
+                        realised = info.skip_index / max(len(full) - 2, 1)  # of the log-SNR range
+                    else:
+                        x = jdiff.sample(model_fn, sched, solver, grid, x_T[sl], key, prediction=run.prediction,
+                                         hooks=plan.hooks)
                     chunks.append(np.asarray(jnp.clip(x, -1.0, 1.0)))
                 samples = np.concatenate(chunks)
                 finite = finite and bool(np.isfinite(samples).all())
@@ -364,23 +415,28 @@ def _main(args) -> int:
                     fds.setdefault("fd_vs_test" + suffix, []).append(
                         metrics.frechet_distance_from_stats(st, ref_test[k]))
             seconds = time.perf_counter() - t1
-            row = {"solver": name, "nfe_budget": budget, "nfe": jdiff.nfe(solver, grid), "steps": steps,
-                   "stochastic": bool(solver.stochastic), "seconds": round(seconds, 2), "finite": finite}
+            row = {"solver": label_name, "base_solver": name, "variant": variant, "nfe_budget": budget,
+                   "nfe": jdiff.nfe(solver, grid), "steps": steps, "stochastic": bool(solver.stochastic),
+                   "seconds": round(seconds, 2), "finite": finite, **plan.describe()}
+            if plan.teleport is not None:
+                row.update(teleport_fraction=realised, teleport_request=fraction, teleport_t=float(grid[0]),
+                           probe_calls=fractions["f"][1], probe_nfe_per_sample=fractions["f"][1] * plan.probe / n)
             for key_name, vals in fds.items():
                 row[key_name] = float(np.mean(vals))
                 row[key_name + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
                 row[key_name + "_runs"] = vals
             rows.append(row)
-            save_image_grid(out / f"samples_{name}_nfe{budget}.png", from_model_range(grid_samples[:64]), 8,
+            save_image_grid(out / f"samples_{label_name}_nfe{budget}.png", from_model_range(grid_samples[:64]), 8,
                             scale=4 if shape[0] <= 16 else 2)
-            log(f"{name:>12s} NFE {row['nfe']:>3d}: FD vs train {row['fd']:.3f}, vs test {row['fd_vs_test']:.3f}"
+            log(f"{label_name:>18s} NFE {row['nfe']:>3d}: FD vs train {row['fd']:.3f}, vs test {row['fd_vs_test']:.3f}"
                 f"  ({seconds:.1f} s)")
 
     label = metrics.OWN_FEATURE_LABEL
-    table = markdown_table(rows, solvers, nfes, {k: v for k, v in baselines.items()}, label, command,
+    labels_all = [name if v == "plain" else f"{name}+{v}" for name in solvers for v in variants]
+    table = markdown_table(rows, labels_all, nfes, {k: v for k, v in baselines.items()}, label, command,
                            baseline_spread)
     (out / "fd_table.md").write_text(table)
-    plot_fd(rows, solvers, nfes, baselines, out / "fd_vs_nfe.png", label)
+    plot_fd(rows, labels_all, nfes, baselines, out / "fd_vs_nfe.png", label)
     result = {"command": command, "config": run.config.to_json(), "workdir": str(workdir), "n_samples": n,
               "grid": args.grid, "train_seconds_this_call": round(train_seconds, 1),
               "train_steps": int(state.step), "final_train_loss": history[-1].get("loss") if history else None,

@@ -42,11 +42,14 @@ def test_experiment_runs_end_to_end_on_digits(tmp_path):
     for name in ("fd_table.md", "fd_vs_nfe.png", "samples_ddim_nfe5.png", "data_train.png"):
         assert (tmp_path / "run" / "sampling" / name).stat().st_size > 0
     # sampling again from the trained run, with two noise sets per cell and the baseline spread
-    out = subprocess.run(cmd + ["--no-train", "--repeats", "2", "--nfe", "5"], capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(cmd + ["--no-train", "--repeats", "2", "--nfe", "5", "--variants", "plain,both",
+                                "--teleport", "0.3"], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "sampling" / "results.json").read_text())
-    assert len(res["rows"]) == 2
+    assert [r["solver"] for r in res["rows"]] == ["ddim", "ddim+both", "dpmpp_2m", "dpmpp_2m+both"]
+    for r in res["rows"]:
+        if r["variant"] == "both":
+            assert 0 < r["teleport_fraction"] <= 0.3 and r["dualfast"] is not None and r["nfe"] == 5
     for r in res["rows"]:
         assert len(r["fd_runs"]) == 2 and r["fd"] == pytest.approx(sum(r["fd_runs"]) / 2)
         assert r["fd_std"] > 0 and r["fd_runs"][0] != r["fd_runs"][1]
