@@ -10,6 +10,7 @@
 * the MLP setup of the sampler-speed studies (``sampler_speed.py``, ``prng_speed.py``,
   ``step_micro.py``): :func:`add_mlp_args`, :func:`make_mlp`, :class:`ignore_args`, the stand-in
   model :func:`trivial_apply`, :func:`micro_md`.
+* teleportation: :func:`extended_tail` (a tail grid with earlier points for a closed-form history).
 
 Nothing here imports jdiff at module level: ``compile_time.py`` runs child processes against
 other revisions of the library with this module.
@@ -397,3 +398,33 @@ def cpu_per_wall(call, n=20):
     for _ in range(n):
         block(call())
     return (time.process_time() - c0) / (time.perf_counter() - w0)
+
+
+# ----------------------------------------------------------------------------- teleportation
+
+
+def extended_tail(schedule, t_f, n_steps, history_steps, t_max=None):
+    """The ``n_steps`` logsnr grid from ``t_f`` (:func:`jdiff.accel.tail_grid`, ending at 0) with up
+    to ``history_steps`` earlier points of the same log-SNR spacing prepended (those inside
+    ``[t_f, t_max]``, default the schedule's ``t_max``): ``(grid, k)``, ``grid[k] == t_f``. Start
+    :func:`jdiff.accel.closed_form_state` at ``grid[0]`` and resume the solver at ``start=k`` for a
+    multistep history taken from the closed-form Gaussian solution (``k == 0``: no room)."""
+    import jdiff
+
+    t_max = float(schedule.t_max if t_max is None else t_max)
+
+    def lam_of(t):
+        with jax.enable_x64(True):
+            return float(schedule.log_snr(jnp.float64(t)))
+
+    tail = jdiff.accel.tail_grid(schedule, "logsnr", n_steps, t_f)
+    if n_steps < 2:
+        return tail, 0
+    lam0, lam1 = lam_of(tail[0]), lam_of(tail[1])
+    dlam, lam_lo = lam1 - lam0, lam_of(t_max)
+    pre = [lam0 - j * dlam for j in range(history_steps, 0, -1) if lam0 - j * dlam >= lam_lo - 1e-12]
+    if not pre:
+        return tail, 0
+    with jax.enable_x64(True):
+        t_pre = [min(float(schedule.t_of_log_snr(jnp.float64(lam))), t_max) for lam in pre]
+    return np.concatenate([t_pre, tail]), len(pre)

@@ -64,8 +64,9 @@ def test_rule_matches_an_independent_loop(setup, ramp, reference, space):
     assert np.max(np.abs(np.asarray(plain) - want)) > 1e-2  # the correction is not negligible here
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpmpp_3m", "unipc_bh2", "heun"]
-                         + [pytest.param(n, marks=pytest.mark.slow) for n in ("dpmpp_2m", "deis_2", "ipndm")])
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_3m", "heun"]
+                         + [pytest.param(n, marks=pytest.mark.slow)
+                            for n in ("unipc_bh2", "dpmpp_2m", "deis_2", "ipndm")])
 def test_scale_zero_is_the_base_solver_and_no_call_is_added(name):
     tb = jdiff.testbeds.get_testbed("mix2d")
     model = tb.model_fn(SCHED)

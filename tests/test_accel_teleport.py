@@ -371,7 +371,10 @@ def test_history_auto_and_hooks_with_a_closed_form_history():
     model = mix.model_fn(VP)
     grid = jdiff.grids.make_grid(VP, "logsnr", 8)
     x_T = jdiff.init_noise(VP, grid[0], jax.random.normal(jax.random.key(4), (64, 16)))
-    for name, want in (("dpmpp_2m", "closed_form"), ("unipc_bh2", "closed_form"), ("heun", "fresh")):
+    for name in ("unipc_bh2", "ipndm", "ddim", "euler_ancestral"):
+        solver = jdiff.solvers.get_solver(name)
+        assert accel.supports_closed_form_history(solver, grid, x_T) == (name in ("unipc_bh2", "ipndm"))
+    for name, want in (("dpmpp_2m", "closed_form"), ("heun", "fresh")):
         solver = jdiff.solvers.get_solver(name)
         assert accel.supports_closed_form_history(solver, grid, x_T) == (want == "closed_form")
         auto = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 3)
