@@ -388,3 +388,23 @@ def test_history_auto_and_hooks_with_a_closed_form_history():
     mixed = accel.sample_teleported(model, VP, solver, grid, x_T, stats, 3, history="closed_form",
                                     hooks=accel.DualFast(jnp.asarray(0.5)))
     assert np.all(np.isfinite(np.asarray(mixed))) and np.max(np.abs(np.asarray(mixed) - np.asarray(plain))) > 1e-3
+
+
+def test_auto_fraction_bisection_agrees_with_a_scan_and_is_maximal_on_a_gaussian():
+    """On mix16d (disagreement growing as the noise falls) the bisection finds the last ladder
+    point within tol, as a full scan does; on gauss16d the model is the Gaussian: max_fraction."""
+    mix = jdiff.testbeds.get_testbed("mix16d")
+    stats = accel.GaussianStats.from_mixture(mix)
+    probe = jdiff.init_noise(VP, VP.t_max, jax.random.normal(jax.random.key(8), (16, 16)))
+    ladder = np.array([accel.time_at_fraction(VP, j / 10) for j in range(10)] + [0.0])
+    errs = accel.probe_errors(mix.model_fn(VP), stats, VP, ladder, probe, range(1, 10), space="eps")
+    assert all(a <= b for a, b in zip(errs[:6], errs[1:7]))  # grows over the range searched
+    tol = 0.5 * (errs[3] + errs[4])
+    found = accel.auto_fraction(mix.model_fn(VP), stats, VP, probe, tol, resolution=10)
+    assert found.fraction == 0.4 and found.calls <= 4 and found.n_probe == 16
+    assert found.t == pytest.approx(ladder[4]) and found.nfe_per_sample(160) == pytest.approx(found.calls / 10)
+    g = jdiff.testbeds.get_testbed("gauss16d")
+    assert accel.auto_fraction(g.model_fn(VP), accel.GaussianStats.from_mixture(g), VP, probe, 1e-3,
+                               resolution=10).fraction == 0.9
+    with pytest.raises(ValueError, match="unknown probe space"):
+        accel.probe_errors(mix.model_fn(VP), stats, VP, ladder, probe, [1], space="v")

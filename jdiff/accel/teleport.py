@@ -139,25 +139,35 @@ def tail_grid(schedule, name: str, n_steps: int, t_start: float, final: str = "z
 
 # --- auto: where does the Gaussian stop agreeing with the model? --------------------------------
 
-@partial(jax.jit, static_argnames=("model_static", "prediction"))
-def _probe_rms(model_arrays, stats, schedule, probe, t0, tk, args, *, model_static, prediction):
-    """RMS of (model x0 - Gaussian x0) at the Gaussian flow of ``probe`` from t0 to tk."""
+PROBE_SPACES = ("x0", "eps")
+
+
+@partial(jax.jit, static_argnames=("model_static", "prediction", "space"))
+def _probe_rms(model_arrays, stats, schedule, probe, t0, tk, args, *, model_static, prediction, space):
+    """RMS of (model - Gaussian) x0 or eps predictions at the Gaussian flow of ``probe`` from t0
+    to tk."""
     model_fn = combine(model_arrays, model_static)
     x = gaussian_flow(stats, schedule, probe, t0, tk)  # (P, ...)
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     a, s = schedule.alpha(tk).astype(x.dtype), schedule.sigma(tk).astype(x.dtype)
-    x0_model, _ = to_x0_eps(model_fn(x, tk.astype(x.dtype), args), x, a, s, prediction)
-    x0_gauss, _ = gaussian_x0_eps(stats, schedule, x, tk)
-    return jnp.sqrt(jnp.mean((x0_model - x0_gauss) ** 2))
+    model_out = to_x0_eps(model_fn(x, tk.astype(x.dtype), args), x, a, s, prediction)
+    gauss_out = gaussian_x0_eps(stats, schedule, x, tk)
+    j = PROBE_SPACES.index(space)
+    return jnp.sqrt(jnp.mean((model_out[j] - gauss_out[j]) ** 2))
 
 
 def probe_errors(model_fn, stats: GaussianStats, schedule, grid, probe_x, indices, *, args=None,
-                 prediction: str = "eps"):
-    """Relative disagreement of model and Gaussian denoiser at ``grid[k]`` for each k in
-    ``indices``: ``rms(x0_model - x0_gauss) / stats.data_std()`` on the probe samples pushed from
-    ``grid[0]`` along the Gaussian flow (one model call per index; :func:`auto_skip`)."""
+                 prediction: str = "eps", space: str = "x0"):
+    """Disagreement of model and Gaussian denoiser at ``grid[k]`` for each k in ``indices``, on
+    the probe samples pushed from ``grid[0]`` along the Gaussian flow (one model call per index;
+    :func:`auto_skip`, :func:`auto_fraction`): ``space="x0"``:
+    ``rms(x0_model - x0_gauss) / stats.data_std()``; ``space="eps"``: ``rms(eps_model -
+    eps_gauss)`` (eps has unit scale; the x0 difference times ``alpha / sigma``, which keeps an
+    eps-network's error at high noise from being amplified by ``sigma / alpha``)."""
     check_prediction(prediction)
     check_model_signature(model_fn)
+    if space not in PROBE_SPACES:
+        raise ValueError(f"unknown probe space {space!r}; valid: {', '.join(PROBE_SPACES)}")
     g = _concrete_grid(grid)
     model_arrays, model_static = partition(model_fn)
     check_no_captured_arrays(model_static, "model_fn")
@@ -165,12 +175,12 @@ def probe_errors(model_fn, stats: GaussianStats, schedule, grid, probe_x, indice
     if probe.ndim < 2 or math.prod(probe.shape[1:]) != stats.dim:
         raise ValueError(f"probe_x must have shape (n_probe, ...) with {stats.dim} entries per sample, "
                          f"got {probe.shape}")
-    scale = max(stats.data_std(), np.finfo(np.float32).tiny)
+    scale = max(stats.data_std(), np.finfo(np.float32).tiny) if space == "x0" else 1.0
     t0 = jnp.asarray(g[0], jnp.float32)
     out = []
     for k in indices:
         e = _probe_rms(model_arrays, stats, schedule, probe, t0, jnp.asarray(g[k], jnp.float32), args,
-                       model_static=model_static, prediction=prediction)
+                       model_static=model_static, prediction=prediction, space=space)
         out.append(float(e) / scale)
     return out
 
@@ -221,7 +231,8 @@ class AutoSkip(NamedTuple):
 
 
 def auto_fraction(model_fn, stats: GaussianStats, schedule, probe_x, tol: float, *, spacing: str = "logsnr",
-                  resolution: int = 20, max_fraction: float = 0.9, args=None, prediction: str = "eps"):
+                  resolution: int = 20, max_fraction: float = 0.9, args=None, prediction: str = "eps",
+                  space: str = "eps"):
     """The largest teleport fraction ``j / resolution`` (of the way from ``t_max`` to ``t_min`` in
     ``spacing``'s coordinate, :func:`time_at_fraction`) at which the model and the Gaussian
     denoiser agree within ``tol`` on the probe samples (:func:`probe_errors`), by bisection on
@@ -229,6 +240,7 @@ def auto_fraction(model_fn, stats: GaussianStats, schedule, probe_x, tol: float,
 
     Independent of the step budget: find it once per model, then sample any NFE from
     :func:`tail_grid` at ``t``. ``probe_x``: standard-normal noise scaled as x_T at ``t_max``.
+    ``space``: where the disagreement is measured (:func:`probe_errors`).
     """
     tol = float(tol)
     if not (math.isfinite(tol) and tol > 0):
@@ -242,7 +254,8 @@ def auto_fraction(model_fn, stats: GaussianStats, schedule, probe_x, tol: float,
     lo, hi, calls = 0, top, 0  # invariant: fraction lo / resolution is accepted
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        (err,) = probe_errors(model_fn, stats, schedule, ladder, probe_x, [mid], args=args, prediction=prediction)
+        (err,) = probe_errors(model_fn, stats, schedule, ladder, probe_x, [mid], args=args, prediction=prediction,
+                              space=space)
         calls += 1
         if err <= tol:
             lo = mid
