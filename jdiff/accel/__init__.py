@@ -15,6 +15,7 @@
     x_0 = jdiff.sample(model_fn, schedule, solver, grid, x_k, key, start=k)
 """
 
+from . import plan
 from .dualfast import DualFast, self_guidance
 from .gaussian import (GaussianModel, GaussianStats, gaussian_denoiser, gaussian_flow, gaussian_flow_x0,
                        gaussian_x0_eps)
