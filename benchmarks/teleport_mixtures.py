@@ -68,27 +68,6 @@ def parse_args(argv=None):
     return args
 
 
-def extended_tail(schedule, lam_of, t_f, n_steps, history_steps, t_max):
-    """The logsnr grid of ``n_steps`` from ``t_f`` with up to ``history_steps`` earlier points of the
-    same log-SNR spacing prepended (those inside the schedule's range): ``(grid, k)``."""
-    import jdiff
-
-    tail = jdiff.accel.tail_grid(schedule, "logsnr", n_steps, t_f)
-    if n_steps < 2:
-        return tail, 0
-    lam0, lam1 = lam_of(tail[0]), lam_of(tail[1])
-    dlam, lam_lo = lam1 - lam0, lam_of(t_max)
-    pre = [lam0 - j * dlam for j in range(history_steps, 0, -1) if lam0 - j * dlam >= lam_lo - 1e-12]
-    if not pre:
-        return tail, 0
-    import jax
-    import jax.numpy as jnp
-
-    with jax.enable_x64(True):
-        t_pre = [min(float(schedule.t_of_log_snr(jnp.float64(lam))), t_max) for lam in pre]
-    return np.concatenate([t_pre, tail]), len(pre)
-
-
 def main(argv=None):
     args = parse_args(argv)
     run = common.Run(__file__, argv)
@@ -142,7 +121,7 @@ def main(argv=None):
                         x0 = x_T if f == 0 else accel.gaussian_flow(stats, schedule, x_T, t_max, t_f)
                         k_hist = 0
                         if hist:
-                            grid, k_hist = extended_tail(schedule, lam_of, t_f, n, args.history_steps, t_max)
+                            grid, k_hist = common.extended_tail(schedule, t_f, n, args.history_steps, t_max)
                         if k_hist:
                             # closed_form_state maps from grid[0] (before t_f): start it there
                             x_pre = accel.gaussian_flow(stats, schedule, x_T, t_max, grid[0])
