@@ -314,10 +314,12 @@ def add_accel_args(parser) -> None:
                              "rest; auto: the largest fraction where model and Gaussian agree within "
                              "--teleport-tol (its probe calls are reported per sample)")
     parser.add_argument("--teleport-tol", type=float, default=None,
-                        help="auto teleport: relative RMS disagreement of the x0 predictions (default 0.1)")
+                        help="auto teleport: RMS disagreement of model and Gaussian eps predictions "
+                             "(default 0.1)")
     parser.add_argument("--dualfast", nargs="?", const="", default=None, metavar="k=v,...",
-                        help="DualFast correction (no extra NFE); options scale, ramp (constant, step, "
-                             "time), reference (previous, first), space (eps, x0); bare flag: defaults")
+                        help="DualFast correction (no extra NFE); options scale (default 0.25), ramp "
+                             "(constant, step, time; default time), reference (previous, first; default "
+                             "first), space (eps, x0; default eps); bare flag: the defaults")
 
 
 def accel_plan(args):
