@@ -61,7 +61,8 @@ from jdiff.cli import Parser, add_run_config_args, check_output_dir, check_run_f
 from jdiff.data import from_model_range, stratified_split, to_model_range
 from jdiff.plotting import save_image_grid
 from jdiff.run import RunConfig, load_image_data, load_run, train_run
-from jdiff.solvers import get_solver, steps_for_nfe
+from jdiff.grids import GRIDS
+from jdiff.solvers import SOLVERS, get_solver, steps_for_nfe
 from jdiff.training import stop_on_signals
 
 # Training presets. 'laptop' trains on sklearn digits in minutes on a CPU; 'cifar10_16' is
@@ -89,9 +90,9 @@ def parse_args(argv=None):
     p.add_argument("--workdir", default=None, help="training run directory (default runs/<config>)")
     p.add_argument("--out", default=None, help="output directory (default <workdir>/sampling)")
     p.add_argument("--no-train", action="store_true", help="use the existing checkpoint as is")
-    p.add_argument("--solvers", default=DEFAULT_SOLVERS, help="comma list of solver names")
+    p.add_argument("--solvers", default=DEFAULT_SOLVERS, help=f"comma list of solver names ({', '.join(SOLVERS)})")
     p.add_argument("--nfe", default=DEFAULT_NFE, help="comma list of NFE budgets")
-    p.add_argument("--grid", default="logsnr", help="time grid (jdiff.grids)")
+    p.add_argument("--grid", default="logsnr", help=f"time grid, one of {', '.join(GRIDS)}")
     p.add_argument("--n-samples", type=int, default=None, help="default: size of the test split")
     p.add_argument("--sample-batch", type=int, default=500, help="samples per sampler call")
     p.add_argument("--feature-steps", type=int, default=2000, help="training steps of the own feature network")
@@ -154,8 +155,21 @@ def check_args(args):
         raise ValueError(f"teleportation needs a continuous grid ({', '.join(CONTINUOUS_GRIDS)}), got {args.grid!r}")
     if args.grid not in GRIDS:
         raise ValueError(f"unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
-    if args.inception and not Path(args.inception).is_file():
-        raise ValueError(f"--inception {args.inception!r} is not a file")
+    if args.inception:
+        if not Path(args.inception).is_file():
+            raise ValueError(f"--inception {args.inception!r} is not a file")
+        try:
+            with np.load(args.inception, allow_pickle=False) as f:
+                f.files  # noqa: B018 - an .npz lists its arrays; anything else fails here
+        except (OSError, ValueError):
+            raise ValueError(f"--inception {args.inception!r} is not an .npz of Inception weights") from None
+    if args.sample_seed < 0:
+        raise ValueError(f"--sample-seed must be non-negative, got {args.sample_seed}")
+    if args.data_path and "{path}" not in CONFIGS[args.config]["data"]:
+        raise ValueError(f"--data-path applies to the cifar10 configs, not --config {args.config}")
+    for name in solvers:
+        for budget in nfes:
+            steps_for_nfe(get_solver(name), budget)  # a budget below a solver's minimum: ValueError
     workdir = args.workdir or f"runs/{args.config}"
     check_output_dir(workdir)
     check_output_dir(args.out or str(Path(workdir) / "sampling"), "--out")
@@ -267,7 +281,6 @@ def _main(args) -> int:
     cfg = build_config(args)
     workdir = Path(args.workdir or f"runs/{args.config}")
     out = Path(args.out or workdir / "sampling")
-    out.mkdir(parents=True, exist_ok=True)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
@@ -282,6 +295,7 @@ def _main(args) -> int:
     train_ds = run.dataset
     test_ds = load_image_data(run.config.data, "test")
     history = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    out.mkdir(parents=True, exist_ok=True)  # after the run is built: a failed start leaves nothing
 
     fmodel, fparams, finfo = feature_network(workdir, train_ds, test_ds, args.feature_steps, log)
     feats = metrics.feature_fn(fparams, fmodel)

@@ -63,6 +63,8 @@ def parse_list(value: str, valid, what: str, allow_all: bool = True, default=Non
     if items == ["default"] and default is not None:
         return tuple(default)
     bad = [v for v in items if v not in valid]
+    if allow_all and "all" in items and len(items) > 1:
+        raise ValueError(f"'all' stands alone in the {what} list, got {value!r}")
     if bad:
         raise ValueError(f"unknown {what} {', '.join(map(repr, bad))}; valid: {', '.join(valid)}"
                          + (" or all" if allow_all else ""))
@@ -76,6 +78,8 @@ def parse_nfe(value: str) -> tuple:
         raise ValueError(f"--nfe must be a comma list of integers, got {value!r}") from None
     if not out or any(v < 1 for v in out):
         raise ValueError(f"--nfe values must be positive integers, got {value!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"--nfe lists a budget twice: {value!r}")
     return out
 
 

@@ -18,8 +18,21 @@ def _progress():
                     TimeElapsedColumn(), transient=False)
 
 
+def _can_write_in(folder: str) -> bool:
+    """Whether a file can be created in ``folder`` (tried: permission bits do not tell for root,
+    read-only mounts or pseudo file systems such as /proc)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def check_output_file(path: str) -> None:
-    """Fail before any work when ``path`` cannot be written (missing folder, a folder itself)."""
+    """Fail before any work when ``path`` cannot be written (missing folder, a folder itself, a
+    folder where no file can be created)."""
     import os
 
     folder = os.path.dirname(os.path.abspath(path))
@@ -27,8 +40,8 @@ def check_output_file(path: str) -> None:
         raise ValueError(f"--out {path!r} is a directory; give a file name")
     if not os.path.isdir(folder):
         raise ValueError(f"--out {path!r}: folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"--out {path!r}: folder {folder!r} is not writable")
+    if not _can_write_in(folder):
+        raise ValueError(f"--out {path!r}: cannot write in folder {folder!r}")
 
 
 def _cmd_bench_steps(args) -> int:
@@ -41,6 +54,8 @@ def _cmd_bench_steps(args) -> int:
     testbeds = []
     for item in args.testbed or [",".join(bench.DEFAULT_TESTBEDS)]:
         testbeds += [v.strip() for v in item.split(",") if v.strip()]
+    if not testbeds:
+        raise ValueError(f"--testbed is empty; valid: {', '.join(BUILTIN)} or a path to a .json spec")
     for tb in testbeds:
         if tb not in BUILTIN and not tb.endswith(".json"):
             raise ValueError(f"unknown testbed {tb!r}; valid: {', '.join(BUILTIN)} or a path to a .json spec")
@@ -128,7 +143,8 @@ def _cmd_sample(args) -> int:
                    denoise_to_zero=args.denoise_to_zero, check_finite=args.check_finite)
     x = np.asarray(x)
     wall = time.perf_counter() - t0
-    np.save(args.out, x)
+    with open(args.out, "wb") as f:  # np.save(name) would append .npy to other names
+        np.save(f, x)
     loglik = float(np.mean(np.asarray(tb.log_prob(jax.numpy.asarray(x)))))
     print(f"{args.solver}: {x.shape[0]} samples of {tb.name} ({tb.dim}-D), {n_steps} steps, "
           f"NFE {nfe(solver, grid, args.denoise_to_zero)}{accel_note}, {wall:.2f} s incl. compile; "
@@ -165,9 +181,9 @@ def check_output_dir(path: str, flag: str = "--workdir") -> None:
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    if not os.path.isdir(parent) or not _can_write_in(parent):
         raise ValueError(f"{flag} {path!r}: cannot create it in {parent!r}")
-    if os.path.isdir(path) and not os.access(path, os.W_OK):
+    if os.path.isdir(path) and not _can_write_in(path):
         raise ValueError(f"{flag} {path!r} is not writable")
 
 
@@ -249,7 +265,23 @@ def add_run_config_args(parser, presets: dict | None = None) -> None:
     or with ``presets`` (``{name: {field: value}}``) the value each preset uses."""
     import dataclasses
 
-    from .run import RunConfig
+    from .losses import TIME_SAMPLINGS, WEIGHTINGS
+    from .network import PARAMETERIZATIONS
+    from .run import LR_DECAYS, MODEL_PRESETS, RunConfig
+    from .schedules import SCHEDULES
+    from .testbeds import BUILTIN
+
+    valid = {
+        "data": f"{', '.join(BUILTIN)} (exact mixture samples), digits, cifar10:PATH[@16]",
+        "model": f"mlp, {', '.join(MODEL_PRESETS)}",
+        "schedule": ", ".join(SCHEDULES),
+        "parameterization": ", ".join(PARAMETERIZATIONS),
+        "weighting": ", ".join(WEIGHTINGS),
+        "time_sampling": f"{', '.join(TIME_SAMPLINGS)}; unset: the parameterization's own",
+        "lr_decay": ", ".join(LR_DECAYS),
+        "compute_dtype": "bfloat16, float16, float32; unset: float32",
+        "model_kwargs": "JSON object of UNetConfig fields (UNet models only)",
+    }
 
     def parse_bool(v: str) -> bool:
         if v.lower() in ("1", "true", "yes", "on"):
@@ -276,6 +308,10 @@ def add_run_config_args(parser, presets: dict | None = None) -> None:
                                 for name, v in values.items()) + ")")
         else:
             shown = f"(default: {default})"
+        if f.name in valid:
+            shown = f"one of {valid[f.name]} {shown}" if f.name not in ("model_kwargs",) else f"{valid[f.name]} {shown}"
+        elif kind is parse_bool:
+            shown = f"true or false {shown}"
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None, help=shown)
 
 
@@ -334,6 +370,15 @@ def accel_plan(args):
     return plan if plan.active else None
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jdiff")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .grids import GRIDS
     from .schedules import SCHEDULES
@@ -341,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .testbeds import BUILTIN
 
     p = Parser(prog="jdiff", description="Diffusion sampling in JAX.")
+    p.add_argument("--version", action="version", version=f"jdiff {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("sample", help="sample an analytic testbed with one solver")
@@ -370,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench", required=True)
     st = bsub.add_parser("steps", help="solver error vs NFE against a reference ODE solve")
     st.add_argument("--testbed", action="append", default=None,
-                    help="built-in name or SPEC.json; repeatable or comma list (default mix2d,mix16d)")
+                    help=f"built-in name ({', '.join(BUILTIN)}) or SPEC.json; repeatable or comma list "
+                         "(default mix2d,mix16d)")
     st.add_argument("--noise", default=None, help="FILE.npy of standard-normal noise, shape (n, dim)")
     st.add_argument("--schedule", default="vp_discrete", help=f"one of {', '.join(SCHEDULES)}")
     st.add_argument("--solvers", default="default",
@@ -413,6 +460,16 @@ def run_command(func, *a, prog: str = "jdiff") -> int:
     except (ValueError, OSError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"{prog}: error: out of memory ({' '.join(str(e).split())[:200]}); use fewer samples or a "
+              "smaller batch", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - XLA's allocation failure is a plain runtime error
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"{prog}: error: out of device memory ({' '.join(str(e).split())[:200]}); use fewer "
+              "samples or a smaller batch", file=sys.stderr)
         return 2
     except TrainingInterrupted as err:
         saved = f"checkpoint saved at step {err.step}" if err.saved else "no checkpoint"

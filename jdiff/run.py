@@ -175,6 +175,8 @@ def load_image_data(spec: str, split: str = "train"):
 
 def _build_module(cfg: RunConfig, data_shape, num_classes):
     if cfg.model == "mlp":
+        if cfg.model_kwargs:
+            raise ValueError("model_kwargs applies to UNet models; the MLP takes mlp_features and mlp_depth")
         if len(data_shape) != 1:
             raise ValueError(f"model 'mlp' needs flat data, got example shape {data_shape}")
         if cfg.conditional:
@@ -299,6 +301,10 @@ def train_run(cfg: RunConfig, workdir, progress: bool = True, stop=None) -> trai
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"work directory {str(workdir)!r} exists and is not a directory")
+    done = _checkpointed_steps(workdir)
+    if done and done[-1] > cfg.steps:
+        raise ValueError(f"{workdir} holds a run at step {done[-1]}; steps={cfg.steps} is below it "
+                         "(give at least that many)")
     run = build_run(cfg)  # first: a configuration that cannot be built must not claim workdir
     optimizer, state = _fresh_state(run)  # and neither may a model that cannot take the data
     claimed = not (workdir / "config.json").exists()
@@ -326,6 +332,14 @@ def train_run(cfg: RunConfig, workdir, progress: bool = True, stop=None) -> trai
             checkpointer.close()
 
 
+def _checkpointed_steps(workdir: Path) -> list[int]:
+    """Steps of the checkpoint folders in ``workdir/checkpoints`` (sorted; no restore)."""
+    ckpt = workdir / "checkpoints"
+    if not ckpt.is_dir():
+        return []
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def _release_workdir(workdir: Path, created_dir: bool) -> None:
     """Undo a failed start: remove what it wrote (config, empty checkpoint folder, metrics)."""
     import shutil
@@ -335,7 +349,7 @@ def _release_workdir(workdir: Path, created_dir: bool) -> None:
     for name in ("config.json", "metrics.jsonl"):
         (workdir / name).unlink(missing_ok=True)
     ckpt = workdir / "checkpoints"
-    if ckpt.is_dir() and not any(p.name.isdigit() for p in ckpt.iterdir()):
+    if ckpt.is_dir() and not _checkpointed_steps(workdir):
         shutil.rmtree(ckpt, ignore_errors=True)
     if created_dir:
         try:

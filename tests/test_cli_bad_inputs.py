@@ -38,6 +38,7 @@ BAD_INPUTS = [
     ("jdiff", ["sample", "--denoise-to-zero"], "--final t_min"),
     ("jdiff", ["sample", "--testbed", "SPEC"], "field 'stds' must be positive"),
     ("jdiff", ["sample", "--prng", "mt19937"], "invalid choice"),
+    ("jdiff", ["sample", "--out", "/proc/samples.npy"], "cannot write in folder"),
     ("jdiff", ["samplex"], "invalid choice"),
     ("jdiff", ["sample", "--teleport", "1.5"], "--teleport must be a fraction in [0, 1) or 'auto'"),
     ("jdiff", ["sample", "--teleport", "auto", "--teleport-tol", "0"], "tolerance must be positive"),
@@ -53,6 +54,10 @@ BAD_INPUTS = [
     ("jdiff", ["bench", "steps", "--solvers", "heun", "--nfe", "2,10"], "needs NFE >= 3"),
     ("jdiff", ["bench", "steps", "--out", "FILE"], "is not a directory"),
     ("jdiff", ["bench", "steps", "--n", "0"], "--n must be at least 1"),
+    ("jdiff", ["bench", "steps", "--out", "/proc/bench"], "cannot create it in"),
+    ("jdiff", ["bench", "steps", "--testbed", ""], "--testbed is empty"),
+    ("jdiff", ["bench", "steps", "--nfe", "5,5"], "lists a budget twice"),
+    ("jdiff", ["bench", "steps", "--grid", "all,fancy"], "'all' stands alone"),
     ("jdiff", ["bench", "steps", "--grid", "fancy"], "unknown grid 'fancy'"),
     ("jdiff", ["bench", "steps", "--testbed", "mix2d,nope"], "unknown testbed 'nope'"),
     ("jdiff", ["bench", "steps", "--testbed", "mix2d", "--noise", "NOISE"], "(n, 2)"),
@@ -81,6 +86,8 @@ BAD_INPUTS = [
     ("jdiff", ["train", "--workdir", "RUN", "--lr", "0.5"], "--lr 0.5 (run: 0.0002)"),
     ("jdiff", ["train", "--workdir", "w", "--model-kwargs", '{"chans": 8}'], "unknown UNetConfig field(s) chans"),
     ("jdiff", ["train", "--workdir", "w", "--model-kwargs", "{ch: 8}"], "not valid JSON"),
+    ("jdiff", ["train", "--workdir", "w", "--data", "mix2d", "--model", "mlp", "--model-kwargs", "[1, 2]"],
+     "model_kwargs applies to UNet models"),
     # experiments/cifar10_sampling.py
     ("experiment", ["--config", "imagenet"], "invalid choice"),
     ("experiment", ["--config", "cifar10"], "needs --data-path"),
@@ -94,6 +101,10 @@ BAD_INPUTS = [
     ("experiment", ["--workdir", "empty", "--no-train"], "holds no trained run"),
     ("experiment", ["--inception", "missing.npz"], "is not a file"),
     ("experiment", ["--steps", "-1"], "--steps must be at least 0"),
+    ("experiment", ["--inception", "FILE"], "is not an .npz of Inception weights"),
+    ("experiment", ["--sample-seed", "-1"], "--sample-seed must be non-negative"),
+    ("experiment", ["--solvers", "heun", "--nfe", "2,5"], "needs NFE >= 3"),
+    ("experiment", ["--data-path", "FILE"], "--data-path applies to the cifar10 configs"),
 ]
 
 
@@ -138,3 +149,25 @@ def test_the_table_covers_every_command_with_at_least_30_inputs():
     commands = {(c, a[0] if c == "jdiff" else "") for c, a, _ in BAD_INPUTS}
     assert {("jdiff", "sample"), ("jdiff", "bench"), ("jdiff", "train"), ("experiment", "")} <= commands
     assert len({(c, tuple(a)) for c, a, _ in BAD_INPUTS}) == len(BAD_INPUTS) >= 30
+
+
+def test_out_of_memory_is_one_line(capsys):
+    """A request too large for memory (--n, --batch-size) is one line and status 2, host or device."""
+    from jdiff.cli import run_command
+
+    def host():
+        raise MemoryError("Unable to allocate 29.8 GiB")
+
+    def device():
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 144000001024 bytes.")
+
+    for fn, what in ((host, "out of memory"), (device, "out of device memory")):
+        assert run_command(fn) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"jdiff: error: {what}") and err.count("\n") == 1, err
+
+    def bug():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors are not hidden
+        run_command(bug)

@@ -95,6 +95,11 @@ def test_metrics_hold_each_step_once_after_a_resume_from_an_older_checkpoint(tmp
     assert main([*args, "--steps", "8"]) == 0
     capsys.readouterr()
     assert _steps(w) == list(range(1, 9))
+    # asking a finished run for fewer steps than it has is an error, and changes nothing
+    config = (w / "config.json").read_text()
+    assert main(["train", "--workdir", str(w), "--steps", "6"]) == 2
+    assert "holds a run at step 8; steps=6 is below it" in capsys.readouterr().err
+    assert (w / "config.json").read_text() == config
 
 
 def test_a_start_that_fails_in_training_leaves_no_config(tmp_path, capsys, monkeypatch):

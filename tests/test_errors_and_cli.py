@@ -142,10 +142,10 @@ def test_bench_noise_file_is_used(capsys, tmp_path):
 
 
 def test_sample_command(capsys, tmp_path):
-    out = tmp_path / "s.npy"
+    out = tmp_path / "s.dat"  # written under the name given (np.save would append .npy)
     code, stdout, _ = run_cli(capsys, "sample", "--testbed", "mix2d", "--solver", "heun", "--nfe", "9",
                               "--n", "64", "--out", str(out))
-    assert code == 0 and "NFE 9" in stdout
+    assert code == 0 and "NFE 9" in stdout and f"wrote {out}" in stdout
     assert np.load(out).shape == (64, 2)
 
 
