@@ -79,7 +79,8 @@ def test_flow_agrees_with_testbed_closed_form(gauss16d):
                                    np.asarray(gaussian_ode_solution(gauss16d, VP, x, t0, t1)), atol=2e-6)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc_bh2", "ipndm", "heun"])
+@pytest.mark.parametrize("name", ["dpmpp_2m", "heun"] + [pytest.param(n, marks=pytest.mark.slow)
+                                                         for n in ("unipc_bh2", "ipndm")])
 def test_teleport_then_solver_equals_solver_from_exact_state(name, gauss64):
     """teleport + solver from grid[k] = the same solver started at grid[k] from the exact state
     (the testbed's independent closed form), within 1e-6 (float64, where the two closed forms

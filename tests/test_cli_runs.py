@@ -35,8 +35,9 @@ def _params(workdir):
 
 def test_sigint_saves_the_step_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys):
     a, b = tmp_path / "interrupted", tmp_path / "straight"
+    # without --quiet: stdout is a pipe, so progress comes as plain lines (not a rich bar)
     proc = subprocess.Popen([sys.executable, "-m", "jdiff.cli", "train", "--workdir", str(a), "--steps", "1000000",
-                             *RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *RUN[:-1]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (a / "metrics.jsonl").exists() and len((a / "metrics.jsonl").read_text().splitlines()) >= 3:
@@ -46,6 +47,7 @@ def test_sigint_saves_the_step_and_the_resumed_run_equals_an_uninterrupted_one(t
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    assert out.startswith("train step 1/1000000 loss ") and "\x1b" not in out, out[:300]
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("jdiff: interrupted (SIGINT); checkpoint saved at step ")
     step = int(err.split("checkpoint saved at step ")[1].split(";")[0])

@@ -278,11 +278,11 @@ def jdiff_f64_noise_singlestep(tb: str, n: int):
 
 
 def cases(*axes):
-    """Test cases: the product of ``axes`` (testbed first, n last); mix16d at n = 10 and 20 is
-    marked slow (``-m slow``; compilation makes the whole set take ~2 minutes on 2 cores)."""
+    """Test cases: the product of ``axes`` (testbed first, n last); mix16d at n = 10 and 20 and
+    mix2d at n = 20 are marked slow (``-m slow``; compilation makes the whole set take ~2 minutes on 2 cores)."""
     out = []
     for c in itertools.product(*axes):
-        slow = c[0] == "mix16d" and c[-1] in SLOW_NFES
+        slow = (c[0] == "mix16d" and c[-1] in SLOW_NFES) or c[-1] == max(SLOW_NFES)
         out.append(pytest.param(c, marks=pytest.mark.slow, id=case_id(c)) if slow
                    else pytest.param(c, id=case_id(c)))
     return out

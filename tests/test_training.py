@@ -191,6 +191,7 @@ TRAIN_ARGS = ["--data", "mix2d", "--model", "mlp", "--mlp-features", "64", "--ml
               "--warmup-steps", "20", "--lr", "1e-3", "--quiet"]
 
 
+@pytest.mark.slow  # tests/test_cli_runs.py covers an interrupted run (SIGINT) in the default set
 def test_sigkill_mid_run_resumes_with_same_trajectory(tmp_path):
     """A training process killed with SIGKILL resumes from its last checkpoint: same step count,
     same loss trajectory and same final parameters as an uninterrupted run."""
@@ -344,7 +345,9 @@ def test_resume_rejects_changed_configuration(tmp_path):
     res = train_run(dataclasses.replace(cfg, steps=4), tmp_path, progress=False)
     assert res.resumed_from == 2 and int(res.state.step) == 4
     with pytest.raises(ValueError, match="different configuration"):
-        train_run(dataclasses.replace(cfg, lr=1.0), tmp_path, progress=False)
+        train_run(dataclasses.replace(cfg, steps=4, lr=1.0), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="holds a run at step 4; steps=2 is below it"):
+        train_run(cfg, tmp_path, progress=False)
     # a configuration that fails to build (bad data path) does not claim a fresh work directory
     fresh = tmp_path / "fresh"
     with pytest.raises(FileNotFoundError):
