@@ -136,7 +136,10 @@ def _finite_sweep(vp, name, budgets_of):
     return x
 
 
-@pytest.mark.parametrize("name", ALL)
+# euler / euler_ancestral are the ddim / ddpm updates (test_solvers.py), deis_1 and dpm_solver_1
+# the DDIM step: with -m slow only
+@pytest.mark.parametrize("name", [n if n not in ("euler", "euler_ancestral", "deis_1", "dpm_solver_1")
+                                  else pytest.param(n, marks=pytest.mark.slow) for n in ALL])
 def test_finite_at_smallest_nfe_and_on_data_at_1000(vp, name):
     """No NaN or inf at the smallest NFE budgets (where final-step bugs show) and at 1000; at
     NFE 1000 every solver, stochastic or not, lands on the data (modes on the unit circle, std

@@ -85,7 +85,7 @@ TOL = 1e-4
 BAND = 4.0  # noise form: jdiff float32 error at most BAND x diffusers' own float32 error
 TESTBEDS = ("mix16d", "mix2d")
 NFES = (5, 10, 20)
-SLOW_NFES = (10, 20)  # mix16d at these n only with -m slow (see cases())
+SLOW_NFES = (10, 20)  # these n only with -m slow (see cases())
 ORDERS = (2, 3)
 STYPES = ("midpoint", "heun")
 ALGOS = ("dpmsolver++", "dpmsolver")
@@ -278,11 +278,10 @@ def jdiff_f64_noise_singlestep(tb: str, n: int):
 
 
 def cases(*axes):
-    """Test cases: the product of ``axes`` (testbed first, n last); mix16d at n = 10 and 20 and
-    mix2d at n = 20 are marked slow (``-m slow``; compilation makes the whole set take ~2 minutes on 2 cores)."""
+    """Test cases: the product of ``axes`` (testbed first, n last); n = 10 and 20 are marked slow (``-m slow``; compilation makes the whole set take ~2 minutes on 2 cores)."""
     out = []
     for c in itertools.product(*axes):
-        slow = (c[0] == "mix16d" and c[-1] in SLOW_NFES) or c[-1] == max(SLOW_NFES)
+        slow = c[-1] in SLOW_NFES  # n = 5 for both testbeds in the default set
         out.append(pytest.param(c, marks=pytest.mark.slow, id=case_id(c)) if slow
                    else pytest.param(c, id=case_id(c)))
     return out
