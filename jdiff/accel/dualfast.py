@@ -19,6 +19,11 @@ code; see ``shared/reference/samplers.md`` section 1), so its details are option
   index i of an N-step grid) or ``"time"`` (``scale * (1 - t_i / t_0)``). The first step of a run
   has no reference and is never mixed.
 
+Measured (``benchmarks/results/accelerators.md``, ``digits_accelerators/``): the default lowers
+the error of DDIM, DPM-Solver++(2M) and UniPC at low NFE on learned models and leaves an exact
+model's about unchanged, but it is harmful with iPNDM and DPM-Solver++(3M), whose own
+extrapolation compounds with it; x0-space mixing against the first output diverges.
+
 In eps space the data prediction handed to the solver is
 ``x0~ = x0 - (sigma / alpha) c (eps - eps_ref)`` (the same as ``(x - sigma eps~) / alpha``
 without dividing by a small alpha). ``scale`` may be a Python number (static: 0 is the base
