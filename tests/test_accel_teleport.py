@@ -409,3 +409,23 @@ def test_auto_fraction_bisection_agrees_with_a_scan_and_is_maximal_on_a_gaussian
                                resolution=10).fraction == 0.9
     with pytest.raises(ValueError, match="unknown probe space"):
         accel.probe_errors(mix.model_fn(VP), stats, VP, ladder, probe, [1], space="v")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(jdiff.solvers.SOLVERS))
+def test_no_nan_for_any_solver_teleport_point_and_nfe(name):
+    """Every solver, teleported to 0.3 and 0.7 of the log-SNR range (closed-form history where it
+    keeps one), at its smallest step counts and with DualFast: finite samples."""
+    from jdiff.accel.plan import AccelPlan, teleported_sample
+
+    mix = jdiff.testbeds.get_testbed("mix2d")
+    stats = accel.GaussianStats.from_mixture(mix)
+    solver = jdiff.solvers.get_solver(name)
+    x_T = jdiff.init_noise(VP, VP.t_max, jax.random.normal(jax.random.key(2), (128, 2)))
+    for fraction in (0.3, 0.7):
+        for n in (solver.min_steps, solver.min_steps + 3):
+            for dualfast in (None, accel.DualFast()):
+                plan = AccelPlan(teleport=fraction, dualfast=dualfast)
+                x, _, _ = teleported_sample(plan, mix.model_fn(VP), stats, VP, solver, "logsnr", n, "zero", x_T,
+                                            fraction, jax.random.key(3))
+                assert np.all(np.isfinite(np.asarray(x))), (name, fraction, n, dualfast)
