@@ -56,7 +56,8 @@ import numpy as np
 
 import jdiff
 from jdiff import accel, metrics
-from jdiff.accel.plan import DEFAULT_TOL, AccelPlan, parse_dualfast, parse_teleport, resolve_fraction, teleported_sample
+from jdiff.accel.plan import (DEFAULT_TOL, AccelPlan, grid_fraction, parse_dualfast, parse_teleport, resolve_fraction,
+                              teleported_sample)
 from jdiff.cli import Parser, add_run_config_args, check_output_dir, check_run_flags, run_command
 from jdiff.data import from_model_range, stratified_split, to_model_range
 from jdiff.plotting import save_image_grid
@@ -411,7 +412,7 @@ def _main(args) -> int:
                                                           steps, "zero", x_T[sl], fraction, key,
                                                           prediction=run.prediction)
                         grid = full[info.skip_index:]
-                        realised = info.skip_index / max(len(full) - 2, 1)  # of the log-SNR range
+                        realised = grid_fraction(full, info.skip_index, "zero")
                     else:
                         x = jdiff.sample(model_fn, sched, solver, grid, x_T[sl], key, prediction=run.prediction,
                                          hooks=plan.hooks)

@@ -135,9 +135,10 @@ def check_step_counts(cfg: StepCountConfig) -> list[tuple]:
     return plan
 
 
-def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
-    """Run the benchmark; returns a list of records (see module docstring)."""
-    plan = check_step_counts(cfg)
+def run_step_counts(cfg: StepCountConfig, progress=None, plan=None) -> list[dict]:
+    """Run the benchmark; returns a list of records (see module docstring). ``plan``: the result
+    of :func:`check_step_counts` when the caller has already checked ``cfg``."""
+    plan = check_step_counts(cfg) if plan is None else plan
     schedule = get_schedule(cfg.schedule)
     solvers = {name: get_solver(name) for name in cfg.solvers}
     records = []
@@ -167,7 +168,7 @@ def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
         t0 = time.perf_counter()
         if cfg.accel is not None and cfg.accel.active:
             x, grid, accel_rec = _accelerated_run(cfg, accel_cache, tb_name, tb, model_fn, schedule, solver,
-                                                  grid_name, n, x_T, jax.random.fold_in(key, 2))
+                                                  grid_name, full, x_T, jax.random.fold_in(key, 2))
         else:
             x = sample(model_fn, schedule, solver, grid, x_T, key=jax.random.fold_in(key, 2))
         x = np.asarray(x)
@@ -198,17 +199,16 @@ def run_step_counts(cfg: StepCountConfig, progress=None) -> list[dict]:
     return records
 
 
-def _accelerated_run(cfg, cache, tb_name, tb, model_fn, schedule, solver, grid_name, n, x_T, key):
+def _accelerated_run(cfg, cache, tb_name, tb, model_fn, schedule, solver, grid_name, full, x_T, key):
     """``(x, grid, record fields)`` of a run with ``cfg.accel``: DualFast as a hook; teleport with
     the testbed's exact mean and covariance as the Gaussian (``auto`` probed once per testbed and
-    grid), ``n`` steps after the teleport."""
-    from .accel.plan import resolve_fraction, teleported_sample
+    grid), as many steps after the teleport as ``full`` (the plain run's grid) has."""
+    from .accel.plan import grid_fraction, resolve_fraction, teleported_sample
 
     plan = cfg.accel
     rec = {**plan.describe()}
     if plan.teleport is None:
-        grid = grids_mod.make_grid(schedule, grid_name, n, cfg.final)
-        return sample(model_fn, schedule, solver, grid, x_T, key=key, hooks=plan.hooks), grid, rec
+        return sample(model_fn, schedule, solver, full, x_T, key=key, hooks=plan.hooks), full, rec
     if ("stats", tb_name) not in cache:
         from .accel import GaussianStats
 
@@ -217,11 +217,10 @@ def _accelerated_run(cfg, cache, tb_name, tb, model_fn, schedule, solver, grid_n
     if (tb_name, grid_name) not in cache:
         cache[(tb_name, grid_name)] = resolve_fraction(plan, model_fn, stats, schedule, grid_name, x_T)
     fraction, calls, n_probe = cache[(tb_name, grid_name)]
-    x, grid, info = teleported_sample(plan, model_fn, stats, schedule, solver, grid_name, n, cfg.final, x_T,
-                                      fraction, key)
+    x, grid, info = teleported_sample(plan, model_fn, stats, schedule, solver, grid_name, len(full) - 1, cfg.final,
+                                      x_T, fraction, key)
     k = info.skip_index
-    denom = len(grid) - 2 if cfg.final == "zero" else len(grid) - 1
-    rec.update(teleport_fraction=k / denom if denom else 0.0, teleport_t=float(grid[k]), teleport_index=k,
+    rec.update(teleport_fraction=grid_fraction(grid, k, cfg.final), teleport_t=float(grid[k]), teleport_index=k,
                probe_calls=calls, probe_nfe_per_sample=calls * n_probe / x_T.shape[0])
     return x, grid[k:], rec
 

@@ -76,10 +76,10 @@ def _cmd_bench_steps(args) -> int:
         noise=args.noise,
         accel=accel_plan(args),
     )
-    bench.check_step_counts(cfg)  # every input error before the progress bar and any work
+    plan = bench.check_step_counts(cfg)  # every input error before the progress bar and any work
     t0 = time.perf_counter()
     with _progress() as progress:
-        records = bench.run_step_counts(cfg, progress=progress if not args.quiet else None)
+        records = bench.run_step_counts(cfg, progress=progress if not args.quiet else None, plan=plan)
     command = "jdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     paths = bench.write_outputs(records, args.out, command)
     print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s; wrote "
@@ -127,7 +127,7 @@ def _cmd_sample(args) -> int:
         accel_note += f"; {plan.dualfast}"
     if plan is not None and plan.teleport is not None:
         from .accel import GaussianStats
-        from .accel.plan import resolve_fraction, teleported_sample
+        from .accel.plan import grid_fraction, resolve_fraction, teleported_sample
 
         stats = GaussianStats.from_mixture(tb)
         fraction, calls, n_probe = resolve_fraction(plan, model_fn, stats, schedule, args.grid, x_T)
@@ -135,7 +135,7 @@ def _cmd_sample(args) -> int:
                                           x_T, fraction, key, denoise_to_zero=args.denoise_to_zero,
                                           check_finite=args.check_finite)
         grid = full[info.skip_index:]
-        accel_note += (f"; teleported to t = {grid[0]:.4g} (fraction {fraction:.2f}"
+        accel_note += (f"; teleported to t = {grid[0]:.4g} (fraction {grid_fraction(full, info.skip_index, args.final):.2f}"
                        + (f", auto: {calls} probe calls on {n_probe} samples = "
                           f"{calls * n_probe / z.shape[0]:.3f} NFE per sample" if calls else "") + ")")
     else:
@@ -242,11 +242,8 @@ def _cmd_train(args) -> int:
         with training.stop_on_signals() as stop:
             result = train_run(cfg, args.workdir, progress=not args.quiet, stop=stop)
     except training.TrainingInterrupted as err:
-        resume = f"jdiff train --workdir {shlex.quote(args.workdir)}"
-        saved = f"checkpoint saved at step {err.step}" if err.saved else "no checkpoint"
-        print(f"jdiff: interrupted ({signal_name(err.signum)}); {saved}; resume with: {resume}",
-              file=sys.stderr)
-        return err.exit_code
+        err.resume = f"jdiff train --workdir {shlex.quote(args.workdir)}"  # printed by run_command
+        raise
     last = result.history[-1] if result.history else _last_logged(args.workdir)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     print(f"trained to step {int(result.state.step)}{resumed}; last loss {last.get('loss', float('nan')):.5f}; "
@@ -272,14 +269,14 @@ def add_run_config_args(parser, presets: dict | None = None) -> None:
     from .testbeds import BUILTIN
 
     valid = {
-        "data": f"{', '.join(BUILTIN)} (exact mixture samples), digits, cifar10:PATH[@16]",
-        "model": f"mlp, {', '.join(MODEL_PRESETS)}",
-        "schedule": ", ".join(SCHEDULES),
-        "parameterization": ", ".join(PARAMETERIZATIONS),
-        "weighting": ", ".join(WEIGHTINGS),
-        "time_sampling": f"{', '.join(TIME_SAMPLINGS)}; unset: the parameterization's own",
-        "lr_decay": ", ".join(LR_DECAYS),
-        "compute_dtype": "bfloat16, float16, float32; unset: float32",
+        "data": f"one of {', '.join(BUILTIN)} (exact mixture samples), digits, cifar10:PATH[@16]",
+        "model": f"one of mlp, {', '.join(MODEL_PRESETS)}",
+        "schedule": f"one of {', '.join(SCHEDULES)}",
+        "parameterization": f"one of {', '.join(PARAMETERIZATIONS)}",
+        "weighting": f"one of {', '.join(WEIGHTINGS)}",
+        "time_sampling": f"one of {', '.join(TIME_SAMPLINGS)}; unset: the parameterization's own",
+        "lr_decay": f"one of {', '.join(LR_DECAYS)}",
+        "compute_dtype": "one of bfloat16, float16, float32; unset: float32",
         "model_kwargs": "JSON object of UNetConfig fields (UNet models only)",
     }
 
@@ -309,7 +306,7 @@ def add_run_config_args(parser, presets: dict | None = None) -> None:
         else:
             shown = f"(default: {default})"
         if f.name in valid:
-            shown = f"one of {valid[f.name]} {shown}" if f.name not in ("model_kwargs",) else f"{valid[f.name]} {shown}"
+            shown = f"{valid[f.name]} {shown}"
         elif kind is parse_bool:
             shown = f"true or false {shown}"
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None, help=shown)
@@ -465,17 +462,18 @@ def run_command(func, *a, prog: str = "jdiff") -> int:
         print(f"{prog}: error: out of memory ({' '.join(str(e).split())[:200]}); use fewer samples or a "
               "smaller batch", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:  # before the catch-all below, which would re-raise it
+        saved = f"checkpoint saved at step {err.step}" if err.saved else "no checkpoint"
+        resume = getattr(err, "resume", None) or "run the same command again"
+        print(f"{prog}: interrupted ({signal_name(err.signum)}); {saved}; resume with: {resume}",
+              file=sys.stderr)
+        return err.exit_code
     except Exception as e:  # noqa: BLE001 - XLA's allocation failure is a plain runtime error
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         print(f"{prog}: error: out of device memory ({' '.join(str(e).split())[:200]}); use fewer "
               "samples or a smaller batch", file=sys.stderr)
         return 2
-    except TrainingInterrupted as err:
-        saved = f"checkpoint saved at step {err.step}" if err.saved else "no checkpoint"
-        print(f"{prog}: interrupted ({signal_name(err.signum)}); {saved}; run the same command again "
-              "to resume", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -78,7 +78,7 @@ class RunConfig:
         # names checked here are cheap to check and otherwise fail only after the model is built
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; valid: {', '.join(LR_DECAYS)}")
-        if self.model != "mlp" and not (self.model.startswith("unet") and self.model in MODEL_PRESETS):
+        if self.model != "mlp" and self.model not in MODEL_PRESETS:
             raise ValueError(f"unknown model {self.model!r}; valid: mlp, {', '.join(MODEL_PRESETS)}")
         if self.compute_dtype is not None:
             try:
@@ -321,9 +321,7 @@ def train_run(cfg: RunConfig, workdir, progress: bool = True, stop=None) -> trai
                             checkpointer=checkpointer, metadata={"config": cfg.to_json()},
                             log_every=cfg.log_every, metrics_file=workdir / "metrics.jsonl",
                             progress=progress, mesh=mesh, stop=stop)
-    except training.TrainingInterrupted:
-        raise
-    except BaseException:
+    except BaseException:  # an interrupted run has saved a checkpoint, so it keeps its claim
         if claimed and (checkpointer is None or not checkpointer.all_steps()):
             _release_workdir(workdir, created_dir)
         raise

@@ -151,8 +151,9 @@ def test_the_table_covers_every_command_with_at_least_30_inputs():
     assert len({(c, tuple(a)) for c, a, _ in BAD_INPUTS}) == len(BAD_INPUTS) >= 30
 
 
-def test_out_of_memory_is_one_line(capsys):
-    """A request too large for memory (--n, --batch-size) is one line and status 2, host or device."""
+def test_out_of_memory_and_interrupts_are_one_line(capsys):
+    """A request too large for memory (--n, --batch-size) is one line and status 2, host or device;
+    an interrupted training run one line and 128 + the signal."""
     from jdiff.cli import run_command
 
     def host():
@@ -165,6 +166,16 @@ def test_out_of_memory_is_one_line(capsys):
         assert run_command(fn) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"jdiff: error: {what}") and err.count("\n") == 1, err
+
+    def interrupted():  # a training run stopped by SIGTERM inside any command (the experiment's)
+        from jdiff.training import TrainingInterrupted
+
+        raise TrainingInterrupted(12, 15, True)
+
+    assert run_command(interrupted, prog="cifar10_sampling.py") == 143
+    err = capsys.readouterr().err
+    assert err == ("cifar10_sampling.py: interrupted (SIGTERM); checkpoint saved at step 12; resume with: run "
+                   "the same command again\n"), err
 
     def bug():
         raise RuntimeError("a bug")

@@ -87,7 +87,7 @@ def test_taylor_d2_integrates_quadratic_model_output_exactly():
         assert abs(float(published[0]) - exact) > 1e-2
 
 
-@pytest.mark.parametrize("predict_x0", [False, True])
+@pytest.mark.parametrize("predict_x0", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_third_order_multistep_steady_state_order(vp, gauss64, predict_x0):
     """Seed the history with exact model outputs on the exact trajectory, then let the 3-step
     formula run: its measured order is the nominal 3."""

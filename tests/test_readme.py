@@ -8,22 +8,22 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_protocol_example_runs_as_documented():
+def run_example(after: str) -> str:
+    """Run the first Python block of the README after the text ``after``; its stdout."""
     text = README.read_text()
-    start = text.index("A conditional model and a stateful transform")
-    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", text[text.index(after):], re.S).group(1)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={"JAX_PLATFORMS": "cpu", **__import__("os").environ})
     assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_protocol_example_runs_as_documented():
+    stdout = run_example("A conditional model and a stateful transform")
     # the two lines the example documents: one compiled program, and the split run's equality
-    assert out.stdout.split() == ["1", "True"], out.stdout
+    assert stdout.split() == ["1", "True"], stdout
 
 
 def test_accelerator_example_runs_as_documented():
-    text = README.read_text()
-    start = text.index("### Accelerators")
-    code = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={"JAX_PLATFORMS": "cpu", **__import__("os").environ})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0.45", "6"], out.stdout  # the documented auto fraction and NFE
+    stdout = run_example("### Accelerators")
+    assert stdout.split() == ["0.45", "6"], stdout  # the documented auto fraction and NFE

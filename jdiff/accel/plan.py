@@ -120,6 +120,14 @@ def teleport_grid(schedule, grid_name: str, n_steps: int, final: str, fraction: 
     return make_grid(schedule, grid_name, n_steps + k, final), k
 
 
+def grid_fraction(grid, k: int, final: str) -> float:
+    """How far down point ``k`` of a :func:`teleport_grid` lies in its spacing's coordinate (the
+    teleport fraction realised, at most the one asked for)."""
+    n = len(grid) - 1
+    denom = n - 1 if final == "zero" else n
+    return k / denom if denom > 0 else 0.0
+
+
 def teleported_sample(plan: AccelPlan, model_fn, stats: GaussianStats, schedule, solver, grid_name: str,
                       n_steps: int, final: str, x_T_max, fraction: float, key=None, **sample_kwargs):
     """``(x, grid, info)``: ``solver`` for ``n_steps`` steps after teleporting ``x_T_max`` (noise
@@ -135,5 +143,5 @@ def teleported_sample(plan: AccelPlan, model_fn, stats: GaussianStats, schedule,
 
 
 __all__ = ["AccelPlan", "parse_teleport", "parse_dualfast", "resolve_fraction", "teleport_grid",
-           "teleported_sample",
+           "grid_fraction", "teleported_sample",
            "DEFAULT_TOL", "DEFAULT_PROBE"]
