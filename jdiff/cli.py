@@ -1,4 +1,4 @@
-"""The ``jdiff`` command line: ``jdiff sample``, ``jdiff bench steps`` and ``jdiff train``.
+"""The ``jdiff`` command line: ``jdiff sample``, ``jdiff bench steps|guidance`` and ``jdiff train``.
 
 Bad input prints one line ``jdiff: error: ...`` to stderr and exits with status 2.
 """
@@ -49,16 +49,8 @@ def _cmd_bench_steps(args) -> int:
     from .grids import GRIDS
     from .schedules import SCHEDULES
     from .solvers import SOLVERS
-    from .testbeds import BUILTIN
 
-    testbeds = []
-    for item in args.testbed or [",".join(bench.DEFAULT_TESTBEDS)]:
-        testbeds += [v.strip() for v in item.split(",") if v.strip()]
-    if not testbeds:
-        raise ValueError(f"--testbed is empty; valid: {', '.join(BUILTIN)} or a path to a .json spec")
-    for tb in testbeds:
-        if tb not in BUILTIN and not tb.endswith(".json"):
-            raise ValueError(f"unknown testbed {tb!r}; valid: {', '.join(BUILTIN)} or a path to a .json spec")
+    testbeds = _split_testbeds(args.testbed, bench.DEFAULT_TESTBEDS)
     if args.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {args.schedule!r}; valid: {', '.join(SCHEDULES)}")
     if args.n < 1:
@@ -85,6 +77,92 @@ def _cmd_bench_steps(args) -> int:
     print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s; wrote "
           + ", ".join(paths.values()))
     return 0
+
+
+def _split_testbeds(values, default) -> list:
+    from .testbeds import BUILTIN
+
+    testbeds = []
+    for item in values or [",".join(default)]:
+        testbeds += [v.strip() for v in item.split(",") if v.strip()]
+    if not testbeds:
+        raise ValueError(f"--testbed is empty; valid: {', '.join(BUILTIN)} or a path to a .json spec")
+    for tb in testbeds:
+        if tb not in BUILTIN and not tb.endswith(".json"):
+            raise ValueError(f"unknown testbed {tb!r}; valid: {', '.join(BUILTIN)} or a path to a .json spec")
+    return testbeds
+
+
+def _cmd_bench_guidance(args) -> int:
+    from .bench import guidance as gb
+    from .bench import parse_list, parse_nfe
+    from .grids import GRIDS
+    from .schedules import SCHEDULES
+    from .solvers import SOLVERS
+
+    testbeds = _split_testbeds(args.testbed, gb.DEFAULT_TESTBEDS)
+    if args.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {args.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if args.grid not in GRIDS:
+        raise ValueError(f"unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
+    check_output_dir(args.out, "--out")
+    cfg = gb.GuidanceConfig(
+        testbeds=tuple(testbeds),
+        methods=parse_list(args.methods, gb.METHODS, "guidance method"),
+        scales=gb.parse_scales(args.scales),
+        solvers=parse_list(args.solvers, tuple(SOLVERS), "solver"),
+        nfe=parse_nfe(args.nfe), grid=args.grid, schedule=args.schedule, final=args.final,
+        n_per_class=args.n_per_class, seed=args.seed,
+    )
+    plan = gb.check_guidance(cfg)
+    t0 = time.perf_counter()
+    with _progress() as progress:
+        records = gb.run_guidance(cfg, progress=progress if not args.quiet else None, plan=plan)
+    command = "jdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = gb.write_outputs(records, args.out, command)
+    print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s; wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def _guided_testbed_model(args, tb, schedule, n: int):
+    """``(model_fn, args for sample, note)`` of ``jdiff sample --labels/--cfg/--classifier-guidance``."""
+    import math
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .guidance import check_labels, classifier_free, classifier_guidance
+
+    guided = args.cfg is not None or args.classifier_guidance is not None
+    if args.labels is None:
+        if guided:
+            raise ValueError("--cfg / --classifier-guidance need --labels (the classes to sample)")
+        return tb.model_fn(schedule), None, ""
+    if tb.labels is None:
+        raise ValueError(f"--labels needs a labelled testbed (spec field 'labels'; built-in: classes2d, "
+                         f"classes16d); {tb.name!r} has none")
+    if args.cfg is not None and args.classifier_guidance is not None:
+        raise ValueError("give one of --cfg and --classifier-guidance")
+    try:
+        values = [int(v) for v in args.labels.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--labels must be a comma list of integers, got {args.labels!r}") from None
+    if not values:
+        raise ValueError("--labels is empty")
+    labels = check_labels(np.resize(np.asarray(values), n), tb.n_classes, allow_null=not guided)
+    note = f"; labels {args.labels} (cycled)"
+    model_fn = tb.model_fn(schedule)
+    for flag, value in (("--cfg", args.cfg), ("--classifier-guidance", args.classifier_guidance)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value}")
+    if args.cfg is not None:
+        model_fn = classifier_free(model_fn, float(args.cfg), null_label=tb.n_classes)
+        note += f"; classifier-free guidance w = {args.cfg:g}"
+    elif args.classifier_guidance is not None:
+        model_fn = classifier_guidance(tb.model_fn(schedule, conditional=False), schedule, tb.classifier(schedule),
+                                       float(args.classifier_guidance))
+        note += f"; exact classifier guidance s = {args.classifier_guidance:g}"
+    return model_fn, {"y": jnp.asarray(labels)}, note
 
 
 def _cmd_sample(args) -> int:
@@ -119,7 +197,9 @@ def _cmd_sample(args) -> int:
     else:
         z = np.random.RandomState(args.seed).standard_normal((args.n, tb.dim)).astype(np.float32)
     x_T = init_noise(schedule, grid[0], z)
-    model_fn = tb.model_fn(schedule)
+    model_fn, model_args, guide_note = _guided_testbed_model(args, tb, schedule, z.shape[0])
+    if model_args is not None and plan is not None:
+        raise ValueError("--labels / guidance do not combine with --teleport / --dualfast in jdiff sample yet")
     t0 = time.perf_counter()
     key = prng.key(args.seed) if args.prng == "threefry_xla" else jax.random.key(args.seed)
     accel_note = ""
@@ -140,14 +220,14 @@ def _cmd_sample(args) -> int:
                           f"{calls * n_probe / z.shape[0]:.3f} NFE per sample" if calls else "") + ")")
     else:
         x = sample(model_fn, schedule, solver, grid, x_T, key=key, hooks=() if plan is None else plan.hooks,
-                   denoise_to_zero=args.denoise_to_zero, check_finite=args.check_finite)
+                   denoise_to_zero=args.denoise_to_zero, check_finite=args.check_finite, args=model_args)
     x = np.asarray(x)
     wall = time.perf_counter() - t0
     with open(args.out, "wb") as f:  # np.save(name) would append .npy to other names
         np.save(f, x)
     loglik = float(np.mean(np.asarray(tb.log_prob(jax.numpy.asarray(x)))))
     print(f"{args.solver}: {x.shape[0]} samples of {tb.name} ({tb.dim}-D), {n_steps} steps, "
-          f"NFE {nfe(solver, grid, args.denoise_to_zero)}{accel_note}, {wall:.2f} s incl. compile; "
+          f"NFE {nfe(solver, grid, args.denoise_to_zero)}{accel_note}{guide_note}, {wall:.2f} s incl. compile; "
           f"mean data log-density {loglik:.3f}; wrote {args.out}")
     return 0
 
@@ -221,7 +301,7 @@ def check_run_flags(args) -> None:
         value = getattr(args, name, None)
         if value is not None and value < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-    for name in ("lr", "ema_decay", "label_dropout", "weight_decay"):
+    for name in ("lr", "ema_decay", "label_dropout", "weight_decay", "align_scale", "align_mix"):
         value = getattr(args, name, None)
         if value is not None and not value >= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {value}")
@@ -229,6 +309,9 @@ def check_run_flags(args) -> None:
         value = getattr(args, name, None)
         if value is not None and value >= 1:
             raise ValueError(f"--{name.replace('_', '-')} must be below 1, got {value}")
+    value = getattr(args, "align_mix", None)
+    if value is not None and value > 1:
+        raise ValueError(f"--align-mix must be at most 1, got {value}")
 
 
 def _cmd_train(args) -> int:
@@ -262,7 +345,7 @@ def add_run_config_args(parser, presets: dict | None = None) -> None:
     or with ``presets`` (``{name: {field: value}}``) the value each preset uses."""
     import dataclasses
 
-    from .losses import TIME_SAMPLINGS, WEIGHTINGS
+    from .losses import ALIGN_SCALE_SAMPLINGS, GUIDANCE_LOSSES, TIME_SAMPLINGS, WEIGHTINGS
     from .network import PARAMETERIZATIONS
     from .run import LR_DECAYS, MODEL_PRESETS, RunConfig
     from .schedules import SCHEDULES
@@ -275,6 +358,13 @@ def add_run_config_args(parser, presets: dict | None = None) -> None:
         "parameterization": f"one of {', '.join(PARAMETERIZATIONS)}",
         "weighting": f"one of {', '.join(WEIGHTINGS)}",
         "time_sampling": f"one of {', '.join(TIME_SAMPLINGS)}; unset: the parameterization's own",
+        "guidance_loss": f"one of {', '.join(GUIDANCE_LOSSES)}; aligned trains the CFG-guided prediction "
+                         "(arXiv 2311.00938, unverified reconstruction; needs --conditional true; ~2x cost)",
+        "align_scale": "CFG scale w of the aligned loss, >= 0 (w = 0: purely conditional)",
+        "align_scale_sampling": f"one of {', '.join(ALIGN_SCALE_SAMPLINGS)} (uniform: w ~ U(0, align-scale) "
+                                "per example)",
+        "align_stop_grad": "true or false: no gradient through the unconditional branch of the aligned loss",
+        "align_mix": "weight in [0, 1] of the standard conditional loss mixed into the aligned loss",
         "lr_decay": f"one of {', '.join(LR_DECAYS)}",
         "compute_dtype": "one of bfloat16, float16, float32; unset: float32",
         "model_kwargs": "JSON object of UNetConfig fields (UNet models only)",
@@ -406,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key of stochastic solvers: jax.random.key or jdiff.prng.key (same Threefry "
                         "cipher, other stream, about 2x cheaper draws on CPU)")
     add_accel_args(s)
+    s.add_argument("--labels", default=None,
+                   help="comma list of class labels, cycled over the samples (labelled testbeds: classes2d, "
+                        "classes16d or a spec with 'labels'); the null class n_classes is unconditional")
+    s.add_argument("--cfg", type=float, default=None, metavar="W",
+                   help="classifier-free guidance scale w (0: conditional; diffusers' guidance_scale = 1 + w)")
+    s.add_argument("--classifier-guidance", type=float, default=None, metavar="S",
+                   help="exact classifier guidance of the unconditional model, scale s (1: conditional)")
     s.add_argument("--out", default="samples.npy", help="output .npy of shape (n, dim)")
     s.set_defaults(func=_cmd_sample)
 
@@ -430,6 +527,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default="bench_out", help="output directory")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
     st.set_defaults(func=_cmd_bench_steps)
+
+    gd = bsub.add_parser("guidance", help="guided sampling on labelled mixtures: accuracy, sliced Wasserstein "
+                                          "to exact class samples, diversity")
+    gd.add_argument("--testbed", action="append", default=None,
+                    help="labelled built-in (classes2d, classes16d) or SPEC.json with 'labels'; repeatable "
+                         "or comma list (default classes2d,classes16d)")
+    gd.add_argument("--methods", default="cfg,classifier", help="comma list of cfg, classifier")
+    gd.add_argument("--scales", default="0,1,2,4", help="comma list: cfg w (0 = conditional), classifier s "
+                                                       "(1 = conditional)")
+    gd.add_argument("--solvers", default="dpmpp_2m", help="comma list of solver names (see jdiff sample --help)")
+    gd.add_argument("--nfe", default="5,10,20,50", help="comma list of NFE budgets")
+    gd.add_argument("--grid", default="logsnr", help=f"one of {', '.join(GRIDS)}")
+    gd.add_argument("--schedule", default="vp_discrete", help=f"one of {', '.join(SCHEDULES)}")
+    gd.add_argument("--final", default="zero", choices=["zero", "t_min"],
+                    help="grid end: t = 0 (clean data) or the schedule's t_min")
+    gd.add_argument("--n-per-class", type=int, default=500, help="samples per class")
+    gd.add_argument("--seed", type=int, default=0, help="seed of the noise and the exact samples")
+    gd.add_argument("--out", default="bench_guidance", help="output directory")
+    gd.add_argument("--quiet", action="store_true", help="no progress bar")
+    gd.set_defaults(func=_cmd_bench_guidance)
 
     t = sub.add_parser("train", help="train a diffusion model (resumes from the work directory)")
     t.add_argument("--workdir", required=True, help="run directory: config.json, checkpoints/, metrics.jsonl")

@@ -28,12 +28,35 @@ schedules); ``discrete`` draws the DDPM table index ``k ~ U{0..N-1}`` and ``t = 
 ``null_label`` with probability ``p`` (Ho & Salimans 2022), so one network learns both the
 conditional and the unconditional model.
 
+**Guidance-aligned loss** (``guidance_loss='aligned'``; after Patel, Salamanca & Barba, "Bridging
+the Gap: Addressing Discrepancies in Diffusion Model Training for Classifier-Free Guidance",
+arXiv 2311.00938): instead of training the conditional and unconditional predictions separately,
+train the classifier-free-guided combination itself,
+
+    L = E [ w(t) * mean_d ( target - [(1 + s) F(x_t, c~) - s F(x_t, null)] )^2 ],
+
+with ``s`` the guidance scale in the Ho & Salimans convention used throughout jdiff (``s = 0`` is
+purely conditional; diffusers' ``guidance_scale = 1 + s``), ``c~`` the label after label dropout,
+``F`` the network's own output (eps, x0 or v: the combination has weights summing to 1, so it is
+the same in every prediction space) and ``w(t)`` the same weighting as the standard loss. Where a
+label was dropped (``c~ = null``) the bracket is ``F(x_t, null)``: those examples get the standard
+unconditional loss. The paper's method section was not consulted and no official code exists,
+so this is an **unverified reconstruction** and its open details are options:
+``align_scale`` (``s``), ``align_scale_sampling`` (``fixed``: ``s = align_scale``; ``uniform``:
+``s ~ U(0, align_scale)`` per example), ``align_stop_grad`` (stop the gradient through the
+unconditional branch ``F(x_t, null)``; default on) and ``align_mix`` (the loss is
+``align_mix * L_standard + (1 - align_mix) * L_aligned``, ``L_standard`` the standard conditional
+loss from the same forward pass). The conditional and unconditional predictions come from one
+network call on the concatenated batch (2B examples), so a training step costs about twice the
+standard loss's. ``metrics`` then also hold ``mse_cond``, the standard (conditional) MSE.
+
 The EDM loss is ``denoising_loss(net, edm(), parameterization='edm', weighting='edm',
 time_sampling='lognormal')``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -44,6 +67,8 @@ from .prediction import from_x0_eps
 
 WEIGHTINGS = ("uniform", "snr", "min_snr", "edm")
 TIME_SAMPLINGS = ("continuous", "discrete", "lognormal")
+GUIDANCE_LOSSES = ("standard", "aligned")
+ALIGN_SCALE_SAMPLINGS = ("fixed", "uniform")
 
 
 class LossConfig(NamedTuple):
@@ -57,6 +82,11 @@ class LossConfig(NamedTuple):
     p_std: float = 1.2
     label_dropout: float = 0.0
     null_label: int | None = None
+    guidance_loss: str = "standard"  # or 'aligned' (train the CFG-guided prediction)
+    align_scale: float = 1.0  # guidance scale w of the aligned loss (w = 0: purely conditional)
+    align_scale_sampling: str = "fixed"  # 'fixed': w = align_scale; 'uniform': w ~ U(0, align_scale)
+    align_stop_grad: bool = True  # stop the gradient through the unconditional branch
+    align_mix: float = 0.0  # weight of the standard conditional loss mixed into the aligned one
 
 
 def _resolve_time_sampling(schedule, kind):
@@ -132,6 +162,27 @@ def drop_labels(key, y, p: float, null_label: int):
     return jnp.where(drop, jnp.asarray(null_label, y.dtype), y)
 
 
+def check_guidance_loss(cfg: LossConfig) -> bool:
+    """Check the guidance-loss fields of ``cfg``; ``True`` for the aligned loss."""
+    if cfg.guidance_loss not in GUIDANCE_LOSSES:
+        raise ValueError(f"unknown guidance_loss {cfg.guidance_loss!r}; valid: {', '.join(GUIDANCE_LOSSES)}")
+    if cfg.align_scale_sampling not in ALIGN_SCALE_SAMPLINGS:
+        raise ValueError(f"unknown align_scale_sampling {cfg.align_scale_sampling!r}; valid: "
+                         f"{', '.join(ALIGN_SCALE_SAMPLINGS)}")
+    scale = float(cfg.align_scale)
+    if not (math.isfinite(scale) and scale >= 0.0):
+        raise ValueError(f"align_scale must be finite and non-negative (the CFG scale w, 0: purely "
+                         f"conditional), got {cfg.align_scale}")
+    mix = float(cfg.align_mix)
+    if not 0.0 <= mix <= 1.0:  # also rejects nan
+        raise ValueError(f"align_mix must be in [0, 1] (the weight of the standard loss), got {cfg.align_mix}")
+    aligned = cfg.guidance_loss == "aligned"
+    if aligned and cfg.null_label is None:
+        raise ValueError("guidance_loss='aligned' needs a class-conditional network: give null_label "
+                         "(the null class index) and labels batch['y']")
+    return aligned
+
+
 def denoising_loss(net_apply: Callable, schedule, config: LossConfig | None = None, **kwargs) -> Callable:
     """``loss_fn(params, batch, key) -> (loss, metrics)`` for denoising score matching.
 
@@ -142,7 +193,9 @@ def denoising_loss(net_apply: Callable, schedule, config: LossConfig | None = No
       config: a :class:`LossConfig`; keyword arguments override its fields.
 
     ``batch`` is a dict with ``"x"`` (B, ...) data and optionally ``"y"`` (B,) int labels.
-    ``metrics`` holds ``loss`` and the unweighted ``mse`` of the target.
+    ``metrics`` holds ``loss`` and the unweighted ``mse`` of the target; with
+    ``guidance_loss='aligned'`` (labels required) ``mse`` is that of the guided prediction and
+    ``mse_cond`` that of the conditional one, and the network is called once on a batch of 2B.
     """
     cfg = (config or LossConfig())._replace(**kwargs)
     check_parameterization(cfg.parameterization)
@@ -150,6 +203,7 @@ def denoising_loss(net_apply: Callable, schedule, config: LossConfig | None = No
         raise ValueError(f"unknown weighting {cfg.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     if cfg.label_dropout > 0.0 and cfg.null_label is None:
         raise ValueError("label_dropout > 0 needs null_label (the null class index)")
+    aligned = check_guidance_loss(cfg)
     time_kind = _resolve_time_sampling(schedule, cfg.time_sampling)
     prediction = sampling_prediction(cfg.parameterization)
     sigma_data = getattr(schedule, "sigma_data", 0.5)
@@ -167,6 +221,10 @@ def denoising_loss(net_apply: Callable, schedule, config: LossConfig | None = No
         x_t = alpha * x0 + sigma * eps
         if y is not None and cfg.label_dropout > 0.0:
             y = drop_labels(k_drop, y, cfg.label_dropout, cfg.null_label)
+        if aligned:
+            if y is None:
+                raise ValueError("guidance_loss='aligned' needs labels: the batch has no 'y'")
+            return _aligned_loss(params, key, x0, y, t, alpha, sigma, eps, x_t, k_net)
         pred = apply_parameterized(net_apply, params, schedule, cfg.parameterization, x_t, t, y,
                                    train=True, key=k_net)
         target = from_x0_eps(x0, eps, alpha, sigma, prediction)
@@ -176,5 +234,37 @@ def denoising_loss(net_apply: Callable, schedule, config: LossConfig | None = No
                           cfg.min_snr_gamma, sigma_data, schedule.alpha(t).astype(jnp.float32))
         loss = jnp.mean(w * mse)
         return loss, {"loss": loss, "mse": jnp.mean(mse)}
+
+    def _aligned_loss(params, key, x0, y, t, alpha, sigma, eps, x_t, k_net):
+        # one network call on [x_t, x_t] with labels [y, null]: conditional and unconditional
+        b = x0.shape[0]
+        bshape = (b,) + (1,) * (x0.ndim - 1)
+        null = jnp.full_like(y, cfg.null_label)
+        out = apply_parameterized(net_apply, params, schedule, cfg.parameterization,
+                                  jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
+                                  jnp.concatenate([y, null]), train=True, key=k_net)
+        pred_c, pred_u = out[:b].astype(jnp.float32), out[b:].astype(jnp.float32)
+        if cfg.align_stop_grad:
+            pred_u = jax.lax.stop_gradient(pred_u)
+        if cfg.align_scale_sampling == "uniform":
+            scale = cfg.align_scale * jax.random.uniform(jax.random.fold_in(key, 1), (b,), jnp.float32)
+        else:
+            scale = jnp.full((b,), cfg.align_scale, jnp.float32)
+        scale = jnp.where(y == cfg.null_label, 0.0, scale).reshape(bshape)  # dropped: standard loss
+        guided = (1.0 + scale) * pred_c - scale * pred_u
+        target = from_x0_eps(x0, eps, alpha, sigma, prediction).astype(jnp.float32)
+        axes = tuple(range(1, x0.ndim))
+        mse = jnp.mean(jnp.square(guided - target), axis=axes)
+        mse_cond = jnp.mean(jnp.square(pred_c - target), axis=axes)
+        if cfg.align_mix == 0.0:
+            per_example = mse
+        elif cfg.align_mix == 1.0:
+            per_example = mse_cond
+        else:
+            per_example = cfg.align_mix * mse_cond + (1.0 - cfg.align_mix) * mse
+        w = target_weight(cfg.weighting, prediction, schedule.log_snr(t).astype(jnp.float32),
+                          cfg.min_snr_gamma, sigma_data, schedule.alpha(t).astype(jnp.float32))
+        loss = jnp.mean(w * per_example)
+        return loss, {"loss": loss, "mse": jnp.mean(mse), "mse_cond": jnp.mean(mse_cond)}
 
     return loss_fn

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import training
-from .losses import LossConfig, denoising_loss
+from .losses import LossConfig, check_guidance_loss, denoising_loss
 from .models import PRESETS as UNET_PRESETS
 from .network import flax_net, make_model_fn, sampling_prediction
 from .schedules import get_schedule
@@ -53,6 +53,11 @@ class RunConfig:
     time_sampling: str | None = None
     conditional: bool = False  # class-conditional network with a null class
     label_dropout: float = 0.1  # classifier-free guidance dropout (conditional runs only)
+    guidance_loss: str = "standard"  # 'aligned': train the CFG-guided prediction (conditional runs only)
+    align_scale: float = 1.0  # CFG scale w of the aligned loss (w = 0: purely conditional)
+    align_scale_sampling: str = "fixed"  # 'fixed' (w = align_scale) or 'uniform' (w ~ U(0, align_scale))
+    align_stop_grad: bool = True  # aligned loss: no gradient through the unconditional branch
+    align_mix: float = 0.0  # aligned loss: weight of the standard conditional loss, in [0, 1]
     steps: int = 2000
     batch_size: int = 128
     lr: float = 2e-4
@@ -80,12 +85,39 @@ class RunConfig:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; valid: {', '.join(LR_DECAYS)}")
         if self.model != "mlp" and self.model not in MODEL_PRESETS:
             raise ValueError(f"unknown model {self.model!r}; valid: mlp, {', '.join(MODEL_PRESETS)}")
+        self._check_guidance_loss()
         if self.compute_dtype is not None:
             try:
                 jnp.dtype(self.compute_dtype)
             except TypeError:
                 raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; e.g. bfloat16, float16, "
                                  "float32") from None
+
+    def _check_guidance_loss(self):
+        aligned_fields = ("align_scale", "align_scale_sampling", "align_stop_grad", "align_mix")
+        if self.guidance_loss == "aligned" and not self.conditional:
+            raise ValueError("guidance_loss='aligned' trains the classifier-free-guided prediction and needs "
+                             "a class-conditional run: set conditional=True (--conditional true) and labelled data")
+        if self.guidance_loss == "standard":
+            changed = [name for name in aligned_fields
+                       if getattr(self, name) != RunConfig.__dataclass_fields__[name].default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} appl{'ies' if len(changed) == 1 else 'y'} only to the "
+                                 "aligned loss: set guidance_loss='aligned' (--guidance-loss aligned) or leave "
+                                 f"{'it' if len(changed) == 1 else 'them'} at the default")
+        check_guidance_loss(self.loss_config(null_label=0 if self.conditional else None))
+
+    def loss_config(self, null_label: int | None = None) -> LossConfig:
+        """The run's :class:`jdiff.losses.LossConfig` (``null_label``: the null class of a
+        conditional run, i.e. its number of classes)."""
+        conditional = self.conditional and null_label is not None
+        return LossConfig(parameterization=self.parameterization, weighting=self.weighting,
+                          time_sampling=self.time_sampling,
+                          label_dropout=self.label_dropout if conditional else 0.0,
+                          null_label=null_label if conditional else None,
+                          guidance_loss=self.guidance_loss, align_scale=self.align_scale,
+                          align_scale_sampling=self.align_scale_sampling,
+                          align_stop_grad=self.align_stop_grad, align_mix=self.align_mix)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -249,11 +281,7 @@ def build_run(cfg: RunConfig) -> Run:
         raise ValueError(f"data {cfg.data!r} has no labels; conditional=True needs a labelled data set")
     module = _build_module(cfg, data_shape, num_classes)
     net = flax_net(module)
-    loss_cfg = LossConfig(parameterization=cfg.parameterization, weighting=cfg.weighting,
-                          time_sampling=cfg.time_sampling,
-                          label_dropout=cfg.label_dropout if cfg.conditional else 0.0,
-                          null_label=num_classes if cfg.conditional else None)
-    loss_fn = denoising_loss(net, schedule, loss_cfg)
+    loss_fn = denoising_loss(net, schedule, cfg.loss_config(num_classes if cfg.conditional else None))
     return Run(cfg, schedule, module, net, loss_fn, batch_fn, data_shape, num_classes, dataset)
 
 

@@ -11,6 +11,15 @@ and rotated centred coordinates ``y_k = U_k^T (x - alpha mu_k)``:
 * ``x0(x)  = sum_k r_k (mu_k + U_k (alpha lam_k / s_k) y_k)``   (the exact posterior mean).
 
 Both are finite at sigma = 0 as long as every ``lam_kd > 0``.
+
+**Labelled mixtures** (guidance testbeds): components may carry class labels ``c_k`` in
+``0 .. C-1``. The class-conditional data distribution is the mixture of the components of that
+class, so its exact model is the same formula with the responsibilities restricted to them
+(``r_k(x | c) = softmax over {k : c_k = c}``), and the exact classifier of the noisy sample is
+``log p(c | x_t) = logsumexp_{k: c_k = c} l_k(x) - logsumexp_k l_k(x)`` with the per-component
+log-densities ``l_k`` above. The model function reads the labels from ``args`` (``args["y"]`` or
+an integer ``args``, per sample); the null class ``C`` gives the unconditional mixture, so the
+same model function serves classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ class GaussianMixture:
     eigvals: jnp.ndarray  # (K, D), > 0
     rot: jnp.ndarray | None  # (K, D, D) orthogonal U_k, columns are eigenvectors; or None
     name: str = struct.field(pytree_node=False, default="mixture")
+    labels: jnp.ndarray | None = None  # (K,) int32 class of each component, or None (unlabelled)
+    n_classes: int = struct.field(pytree_node=False, default=0)  # C (labels 0..C-1; C is null)
 
     @property
     def dim(self) -> int:
@@ -44,8 +55,9 @@ class GaussianMixture:
         return int(self.means.shape[0])
 
     # --- exact model functions -------------------------------------------------------------
-    def _terms(self, x, alpha, sigma):
-        """Responsibilities (B, K), rotated coordinates y (B, K, D), diffused variances (K, D)."""
+    def _component_logits(self, x, alpha, sigma):
+        """Per-component ``log w_k + log N(x; alpha mu_k, S_k)`` up to a constant (B, K), the
+        rotated coordinates y (B, K, D) and the diffused variances (K, D)."""
         dtype = x.dtype
         means = self.means.astype(dtype)
         lam = self.eigvals.astype(dtype)
@@ -57,6 +69,20 @@ class GaussianMixture:
             - 0.5 * jnp.sum(jnp.log(s), axis=-1)[None]
             - 0.5 * jnp.sum(y**2 / s[None], axis=-1)
         )
+        return logp, y, s
+
+    def _class_mask(self, y, batch: int):
+        """(B, K) bool: component k belongs to sample b's class (all True for the null class)."""
+        y = jnp.broadcast_to(jnp.asarray(y, jnp.int32), (batch,))
+        return (self.labels[None, :] == y[:, None]) | (y[:, None] == self.n_classes)
+
+    def _terms(self, x, alpha, sigma, labels=None):
+        """Responsibilities (B, K), rotated coordinates y (B, K, D), diffused variances (K, D);
+        restricted to the components of class ``labels`` (per sample) when given."""
+        logp, y, s = self._component_logits(x, alpha, sigma)
+        if labels is not None:
+            self._require_labels()
+            logp = jnp.where(self._class_mask(labels, x.shape[0]), logp, -jnp.inf)
         r = jax.nn.softmax(logp, axis=-1)
         # The barrier stops XLA from fusing the softmax product into the following dot: with jax
         # 0.10.2 on CPU that fusion returned NaN nondeterministically for batches of ~8000 (seen
@@ -67,14 +93,18 @@ class GaussianMixture:
     def _unrotate(self, v):
         return v if self.rot is None else jnp.einsum("bke,kde->bkd", v, self.rot.astype(v.dtype))
 
-    def eps(self, x, alpha, sigma):
-        """Exact noise prediction ``E[eps | x_t = x]`` for x of shape (B, D)."""
-        r, y, s = self._terms(x, alpha, sigma)
+    def _require_labels(self):
+        if self.labels is None:
+            raise ValueError(f"testbed {self.name!r} has no component labels (spec field 'labels')")
+
+    def eps(self, x, alpha, sigma, labels=None):
+        """Exact noise prediction ``E[eps | x_t = x (, c = labels)]`` for x of shape (B, D)."""
+        r, y, s = self._terms(x, alpha, sigma, labels)
         return sigma * jnp.sum(r[..., None] * self._unrotate(y / s[None]), axis=1)
 
-    def x0(self, x, alpha, sigma):
-        """Exact data prediction ``E[x_0 | x_t = x]`` for x of shape (B, D)."""
-        r, y, s = self._terms(x, alpha, sigma)
+    def x0(self, x, alpha, sigma, labels=None):
+        """Exact data prediction ``E[x_0 | x_t = x (, c = labels)]`` for x of shape (B, D)."""
+        r, y, s = self._terms(x, alpha, sigma, labels)
         lam = self.eigvals.astype(x.dtype)
         shrink = self._unrotate(alpha * lam[None] / s[None] * y)
         return jnp.sum(r[..., None] * (self.means.astype(x.dtype)[None] + shrink), axis=1)
@@ -92,20 +122,43 @@ class GaussianMixture:
         )
         return jax.nn.logsumexp(logp, axis=-1)
 
-    def model_fn(self, schedule, prediction: str = "eps"):
+    def class_log_probs(self, x, alpha=1.0, sigma=0.0):
+        """Exact ``log p(c | x_t = x)`` for every class, shape (B, C) (the data at the defaults)."""
+        self._require_labels()
+        logp = self._component_logits(x, alpha, sigma)[0]
+        member = jnp.arange(self.n_classes)[None, :] == self.labels[:, None]  # (K, C)
+        per_class = jax.nn.logsumexp(jnp.where(member[None], logp[:, :, None], -jnp.inf), axis=1)
+        return per_class - jax.nn.logsumexp(logp, axis=-1, keepdims=True)
+
+    def classifier(self, schedule):
+        """The exact noisy classifier ``log_prob(x, t, args) -> (B,)``: ``log p(y | x_t)`` of the
+        labels ``y`` in ``args`` (for :func:`jdiff.guidance.classifier_guidance`); a ``Partial``
+        whose arrays are traced."""
+        self._require_labels()
+        return jax.tree_util.Partial(ExactClassifier(), self, schedule)
+
+    def model_fn(self, schedule, prediction: str = "eps", conditional: bool = True):
         """The exact model function ``model_fn(x, t, args)`` of this mixture under ``schedule``.
 
         A ``jax.tree_util.Partial`` over the mixture and the schedule: their arrays are traced, so
         a new call of ``model_fn`` (or a new mixture of the same shapes) reuses compiled samplers.
-        ``args`` is ignored."""
+        A labelled mixture reads class labels from ``args`` (``args["y"]`` or an integer array;
+        the null class ``n_classes``, or no labels, gives the unconditional model) unless
+        ``conditional=False`` (the unconditional model whatever ``args`` holds, e.g. the base of
+        classifier guidance); otherwise ``args`` is ignored."""
         check_prediction(prediction)
-        return jax.tree_util.Partial(ExactModel(prediction), self, schedule)
+        return jax.tree_util.Partial(ExactModel(prediction, bool(conditional)), self, schedule)
 
     # --- data ------------------------------------------------------------------------------
-    def sample(self, key, n: int, dtype=jnp.float32):
-        """Exact samples ``x_0`` of shape (n, D)."""
+    def sample(self, key, n: int, dtype=jnp.float32, y=None):
+        """Exact samples ``x_0`` of shape (n, D); of class ``y`` (scalar or (n,)) when given."""
         kc, kz = jax.random.split(key)
-        comp = jax.random.categorical(kc, self.log_weights, shape=(n,))
+        if y is None:
+            comp = jax.random.categorical(kc, self.log_weights, shape=(n,))
+        else:
+            self._require_labels()
+            logits = jnp.where(self._class_mask(y, n), self.log_weights[None], -jnp.inf)
+            comp = jax.random.categorical(kc, logits, axis=-1)
         z = jax.random.normal(kz, (n, self.dim), dtype) * jnp.sqrt(self.eigvals[comp]).astype(dtype)
         if self.rot is not None:
             z = jnp.einsum("nde,ne->nd", self.rot[comp].astype(dtype), z)
@@ -132,26 +185,48 @@ class ExactModel:
     model function (:meth:`GaussianMixture.model_fn`)."""
 
     prediction: str = "eps"
+    conditional: bool = True  # read class labels from args (labelled mixtures)
 
-    def __call__(self, mix: GaussianMixture, schedule, x, t, args=None):  # noqa: ARG002
+    def __call__(self, mix: GaussianMixture, schedule, x, t, args=None):
+        from ..network import labels_from_args
         from ..prediction import from_x0_eps
 
         a = schedule.alpha(t).astype(x.dtype)
         s = schedule.sigma(t).astype(x.dtype)
+        y = labels_from_args(args) if (self.conditional and mix.labels is not None) else None
         if self.prediction == "eps":
-            return mix.eps(x, a, s)
+            return mix.eps(x, a, s, y)
         if self.prediction == "x0":
-            return mix.x0(x, a, s)
-        return from_x0_eps(mix.x0(x, a, s), mix.eps(x, a, s), a, s, self.prediction)
+            return mix.x0(x, a, s, y)
+        return from_x0_eps(mix.x0(x, a, s, y), mix.eps(x, a, s, y), a, s, self.prediction)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactClassifier:
+    """``(mixture, schedule, x, t, args) -> (B,)``: ``log p(y | x_t)`` of a labelled mixture
+    (:meth:`GaussianMixture.classifier`)."""
+
+    def __call__(self, mix: GaussianMixture, schedule, x, t, args=None):
+        from ..network import labels_from_args
+
+        y = labels_from_args(args)
+        if y is None:
+            raise ValueError("the exact classifier needs the labels in args ({'y': labels})")
+        a = schedule.alpha(t).astype(x.dtype)
+        s = schedule.sigma(t).astype(x.dtype)
+        logp = mix.class_log_probs(x, a, s)
+        y = jnp.broadcast_to(jnp.asarray(y, jnp.int32), (x.shape[0],))
+        return jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
 
 
 def from_arrays(
-    weights, means, stds=None, covs=None, name: str = "mixture", dtype=jnp.float32
+    weights, means, stds=None, covs=None, name: str = "mixture", dtype=jnp.float32, labels=None
 ) -> GaussianMixture:
     """Build a mixture from NumPy-like arrays, validating every field.
 
     ``weights`` (K,) positive (normalised here), ``means`` (K, D), and either ``stds`` ((K,) or
     (K, D), positive; diagonal covariances) or ``covs`` ((K, D, D) symmetric positive definite).
+    ``labels`` (K,) optional integer class of each component: classes ``0 .. C-1``, each used.
     Raises ``ValueError`` naming the field and the reason. ``dtype=jnp.float64`` (inside
     ``jax.enable_x64``) keeps the eigenvectors orthogonal to float64 precision.
     """
@@ -198,13 +273,37 @@ def from_arrays(
         if np.any(lam <= 0):
             raise ValueError(f"{name}: field 'covs' must be positive definite (smallest eigenvalue {lam.min():.3g})")
     w = w / w.sum()
+    lab, n_classes = _check_component_labels(labels, K, name)
     return GaussianMixture(
         log_weights=jnp.asarray(np.log(w), dtype),
         means=jnp.asarray(mu, dtype),
         eigvals=jnp.asarray(lam, dtype),
         rot=None if rot is None else jnp.asarray(rot, dtype),
         name=name,
+        labels=None if lab is None else jnp.asarray(lab, jnp.int32),
+        n_classes=n_classes,
     )
+
+
+def _check_component_labels(labels, K: int, name: str):
+    """``(labels int array or None, C)``; ``ValueError`` unless they are K integers covering 0..C-1."""
+    if labels is None:
+        return None, 0
+    try:
+        lab = np.asarray(labels)
+    except (TypeError, ValueError):
+        lab = np.asarray([], dtype=object)
+    if lab.shape != (K,) or lab.dtype.kind not in "iu":
+        raise ValueError(f"{name}: field 'labels' must be {K} integers (one class per component), "
+                         f"got {labels!r}"[:300])
+    if np.any(lab < 0):
+        raise ValueError(f"{name}: field 'labels' must be >= 0, got {int(lab.min())}")
+    n_classes = int(lab.max()) + 1
+    missing = sorted(set(range(n_classes)) - set(lab.tolist()))
+    if missing:
+        raise ValueError(f"{name}: field 'labels' must use every class 0..{n_classes - 1}; "
+                         f"missing {missing}")
+    return lab.astype(np.int32), n_classes
 
 
 def gaussian_ode_solution(mix: GaussianMixture, schedule, x_T, t_start, t_end):

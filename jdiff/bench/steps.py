@@ -24,12 +24,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import grids as grids_mod
-from .reference import reference_solve
-from .sampling import init_noise, nfe as count_nfe, sample
-from .schedules import get_schedule
-from .solvers import get_solver, steps_for_nfe
-from .testbeds import get_testbed
+from .. import grids as grids_mod
+from ..reference import reference_solve
+from ..sampling import init_noise, nfe as count_nfe, sample
+from ..schedules import get_schedule
+from ..solvers import get_solver, steps_for_nfe
+from ..testbeds import get_testbed
 
 DEFAULT_TESTBEDS = ("mix2d", "mix16d")
 # the default run (< 2 minutes on 2 CPU cores); ``--solvers all`` runs every registered solver.
@@ -203,14 +203,14 @@ def _accelerated_run(cfg, cache, tb_name, tb, model_fn, schedule, solver, grid_n
     """``(x, grid, record fields)`` of a run with ``cfg.accel``: DualFast as a hook; teleport with
     the testbed's exact mean and covariance as the Gaussian (``auto`` probed once per testbed and
     grid), as many steps after the teleport as ``full`` (the plain run's grid) has."""
-    from .accel.plan import grid_fraction, resolve_fraction, teleported_sample
+    from ..accel.plan import grid_fraction, resolve_fraction, teleported_sample
 
     plan = cfg.accel
     rec = {**plan.describe()}
     if plan.teleport is None:
         return sample(model_fn, schedule, solver, full, x_T, key=key, hooks=plan.hooks), full, rec
     if ("stats", tb_name) not in cache:
-        from .accel import GaussianStats
+        from ..accel import GaussianStats
 
         cache[("stats", tb_name)] = GaussianStats.from_mixture(tb)
     stats = cache[("stats", tb_name)]
