@@ -211,11 +211,10 @@ def _build_module(cfg: RunConfig, data_shape, num_classes):
             raise ValueError("model_kwargs applies to UNet models; the MLP takes mlp_features and mlp_depth")
         if len(data_shape) != 1:
             raise ValueError(f"model 'mlp' needs flat data, got example shape {data_shape}")
-        if cfg.conditional:
-            raise ValueError("model 'mlp' is unconditional; use a UNet for conditional runs")
         from .models.mlp import MLP
 
-        return MLP(features=cfg.mlp_features, depth=cfg.mlp_depth, time_embedding_dim=128, time_scale=1.0)
+        return MLP(features=cfg.mlp_features, depth=cfg.mlp_depth, time_embedding_dim=128, time_scale=1.0,
+                   num_classes=num_classes if cfg.conditional else None)
     from . import models
 
     preset = UNET_PRESETS[cfg.model.removeprefix("unet_")]  # checked by RunConfig
@@ -253,15 +252,16 @@ def build_run(cfg: RunConfig) -> Run:
     dataset = None
     if cfg.data in BUILTIN:
         testbed = get_testbed(cfg.data)
-        data_shape, num_classes = (testbed.dim,), None
+        data_shape = (testbed.dim,)
+        num_classes = testbed.n_classes if testbed.labels is not None else None
         base = jax.random.key(cfg.seed + 1)
-        draw = jax.jit(lambda s: testbed.sample(jax.random.fold_in(base, s), cfg.batch_size))
+        draw = jax.jit(lambda s: testbed.sample_with_labels(jax.random.fold_in(base, s), cfg.batch_size))
 
         def batch_fn(step):
-            x = np.asarray(draw(step))
+            x, y = (np.asarray(a) for a in draw(step))
             pi, pc = jax.process_index(), jax.process_count()
-            rows = cfg.batch_size // pc
-            return {"x": x[pi * rows:(pi + 1) * rows]}
+            rows = slice(pi * (cfg.batch_size // pc), (pi + 1) * (cfg.batch_size // pc))
+            return {"x": x[rows], "y": y[rows]} if cfg.conditional else {"x": x[rows]}
     else:
         from .data import BatchSampler
 

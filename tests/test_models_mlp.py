@@ -74,3 +74,31 @@ def test_jit_compiles_once_with_partial(model_and_params):
     fn = jax.tree_util.Partial(model.apply, params)
     g = jax.jit(lambda fn, x, t: fn(x, t))
     np.testing.assert_allclose(g(fn, x, 0.1), a, rtol=1e-5, atol=1e-6)
+
+
+def test_class_conditional_mlp_and_labelled_testbed_runs(model_and_params):
+    """num_classes adds a label embedding (null class = num_classes, y=None means null); the
+    unconditional MLP keeps its parameters and rejects labels; a labelled testbed feeds
+    conditional runs with the class of each sample's component."""
+    from jdiff.run import RunConfig, build_run
+
+    model, params = model_and_params
+    with pytest.raises(ValueError, match="unconditional"):
+        model.apply(params, jnp.ones((2, 3)), 0.5, jnp.array([0, 1]))
+    cond = MLP(features=16, depth=2, time_embedding_dim=8, num_classes=3)
+    p = cond.init(jax.random.key(0), jnp.ones((2, 3)), 0.5, jnp.array([0, 1]))
+    assert p["params"]["label_embed"]["embedding"].shape == (4, 16)
+    assert {k for k in p["params"] if k != "label_embed"} == set(model.init(jax.random.key(0), jnp.ones((2, 3)), 0.5)["params"])
+    x = jnp.ones((2, 3))
+    np.testing.assert_array_equal(cond.apply(p, x, 0.5), cond.apply(p, x, 0.5, jnp.array([3, 3])))
+    assert not np.allclose(cond.apply(p, x, 0.5, jnp.array([0, 0])), cond.apply(p, x, 0.5, jnp.array([1, 1])))
+    run = build_run(RunConfig(data="classes2d", model="mlp", conditional=True, batch_size=64, mlp_features=16,
+                              mlp_depth=2))
+    batch = run.batch_fn(0)
+    assert run.num_classes == 3 and batch["y"].shape == (64,) and set(np.unique(batch["y"])) <= {0, 1, 2}
+    # each point is most probably of its own class more often than chance
+    from jdiff.testbeds import get_testbed
+
+    pred = np.argmax(np.asarray(get_testbed("classes2d").class_log_probs(jnp.asarray(batch["x"]))), 1)
+    assert np.mean(pred == batch["y"]) > 0.6
+    assert "y" not in build_run(RunConfig(data="classes2d", model="mlp", batch_size=8)).batch_fn(0)

@@ -1,4 +1,4 @@
-"""The README's sampling-protocol and accelerator examples run as written and print what they say."""
+"""The README's sampling-protocol, accelerator and guidance examples run as written and print what they say."""
 
 import re
 import subprocess
@@ -27,3 +27,9 @@ def test_protocol_example_runs_as_documented():
 def test_accelerator_example_runs_as_documented():
     stdout = run_example("### Accelerators")
     assert stdout.split() == ["0.45", "6"], stdout  # the documented auto fraction and NFE
+
+
+def test_guidance_example_runs_as_documented():
+    stdout = run_example("### Guidance")
+    assert stdout.splitlines() == ["cfg w=0.0: 0.80", "cfg w=2.0: 1.00", "classifier s=3: 1.00",
+                                   "objective: 0.02 -> 0.27"], stdout

@@ -8,6 +8,7 @@
 Architecture (``depth`` hidden layers of width ``features``, SiLU activations)::
 
     temb = SiLU(Dense_features(sinusoidal(time_scale * t)))     # (features,) or (batch, features)
+    temb = temb + Embed_{K+1, features}(y)                       # if num_classes = K (class-conditional)
     h    = Dense_features(x) + temb                              # hidden layer 1
     h    = Dense_features(SiLU(h))                               # hidden layers 2 .. depth
     out  = Dense_dim(SiLU(h))                                    # (batch, dim), same dim as x
@@ -16,6 +17,10 @@ A scalar ``t`` (what :func:`jdiff.sample` passes) embeds once and broadcasts ove
 the time branch costs O(features * time_embedding_dim), not O(batch * ...). ``time_scale``
 (default 1000) maps jdiff's continuous time ``t`` in [0, 1] to the DDPM timestep range, where
 the sinusoidal frequencies (``max_period`` 10000, as in DDPM/diffusers) are meaningful.
+
+With ``num_classes = K`` the labels ``y`` are integers in ``[0, K]``, ``K`` being the null class
+of classifier-free guidance (``y=None`` means the null class), as in :class:`jdiff.models.UNet`;
+an unconditional MLP (``num_classes=None``, the default: same parameters as before) rejects ``y``.
 """
 
 from __future__ import annotations
@@ -66,9 +71,10 @@ class MLP(nn.Module):
     time_embedding_dim: int = 64
     time_scale: float = 1000.0
     max_period: float = 10000.0
+    num_classes: int | None = None
 
     @nn.compact
-    def __call__(self, x, t):
+    def __call__(self, x, t, y=None):
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
         if x.ndim != 2:
@@ -78,6 +84,15 @@ class MLP(nn.Module):
             raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {t.shape}")
         emb = sinusoidal_embedding(t * self.time_scale, self.time_embedding_dim, self.max_period)
         temb = nn.silu(nn.Dense(self.features, name="time_dense")(emb))
+        if self.num_classes is not None:
+            if y is None:
+                y = jnp.full((x.shape[0],), self.num_classes, jnp.int32)  # the null class
+            y = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
+            if not jnp.issubdtype(y.dtype, jnp.integer):
+                raise ValueError(f"y must be integer class labels, got {y.dtype}")
+            temb = temb + nn.Embed(self.num_classes + 1, self.features, name="label_embed")(y)
+        elif y is not None:
+            raise ValueError("y was given but the MLP is unconditional (num_classes=None)")
         h = nn.Dense(self.features, name="dense_in")(x) + temb
         for k in range(1, self.depth):
             h = nn.Dense(self.features, name=f"dense_{k}")(nn.silu(h))

@@ -152,14 +152,24 @@ class GaussianMixture:
     # --- data ------------------------------------------------------------------------------
     def sample(self, key, n: int, dtype=jnp.float32, y=None):
         """Exact samples ``x_0`` of shape (n, D); of class ``y`` (scalar or (n,)) when given."""
-        kc, kz = jax.random.split(key)
         if y is None:
-            comp = jax.random.categorical(kc, self.log_weights, shape=(n,))
-        else:
-            self._require_labels()
-            logits = jnp.where(self._class_mask(y, n), self.log_weights[None], -jnp.inf)
-            comp = jax.random.categorical(kc, logits, axis=-1)
-        z = jax.random.normal(kz, (n, self.dim), dtype) * jnp.sqrt(self.eigvals[comp]).astype(dtype)
+            return self.sample_with_labels(key, n, dtype)[0]
+        self._require_labels()
+        kc, kz = jax.random.split(key)
+        logits = jnp.where(self._class_mask(y, n), self.log_weights[None], -jnp.inf)
+        return self._draw(kz, jax.random.categorical(kc, logits, axis=-1), dtype)
+
+    def sample_with_labels(self, key, n: int, dtype=jnp.float32):
+        """``(x_0, labels)``: exact samples of shape (n, D) and the class of the component each was
+        drawn from (all 0 for an unlabelled mixture); ``x_0`` is what :meth:`sample` returns."""
+        kc, kz = jax.random.split(key)
+        comp = jax.random.categorical(kc, self.log_weights, shape=(n,))
+        labels = jnp.zeros((n,), jnp.int32) if self.labels is None else self.labels[comp]
+        return self._draw(kz, comp, dtype), labels
+
+    def _draw(self, key, comp, dtype):
+        """One sample of component ``comp[i]`` per row."""
+        z = jax.random.normal(key, (comp.shape[0], self.dim), dtype) * jnp.sqrt(self.eigvals[comp]).astype(dtype)
         if self.rot is not None:
             z = jnp.einsum("nde,ne->nd", self.rot[comp].astype(dtype), z)
         return self.means[comp].astype(dtype) + z
