@@ -469,7 +469,8 @@ class SimulatedVoxels:
         """Boolean mask (V,) of the voxels selective for class ``cls``."""
         mask = np.asarray(self.region) == int(cls)
         if not mask.any():
-            raise ValueError(f"no region prefers class {cls}; regions prefer {sorted(set(np.asarray(self.region).tolist()))}")
+            prefer = sorted(set(np.asarray(self.region).tolist()))
+            raise ValueError(f"no region prefers class {cls}; regions prefer {prefer}")
         return mask
 
 
