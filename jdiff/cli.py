@@ -44,6 +44,17 @@ def check_output_file(path: str) -> None:
         raise ValueError(f"--out {path!r}: cannot write in folder {folder!r}")
 
 
+def _run_bench(run, write, cfg, plan, args) -> int:
+    """Run a checked benchmark plan under a progress bar, write its outputs, print one line."""
+    t0 = time.perf_counter()
+    with _progress() as progress:
+        records = run(cfg, progress=progress if not args.quiet else None, plan=plan)
+    command = "jdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = write(records, args.out, command)
+    print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s; wrote " + ", ".join(paths.values()))
+    return 0
+
+
 def _cmd_bench_steps(args) -> int:
     from . import bench
     from .grids import GRIDS
@@ -69,14 +80,7 @@ def _cmd_bench_steps(args) -> int:
         accel=accel_plan(args),
     )
     plan = bench.check_step_counts(cfg)  # every input error before the progress bar and any work
-    t0 = time.perf_counter()
-    with _progress() as progress:
-        records = bench.run_step_counts(cfg, progress=progress if not args.quiet else None, plan=plan)
-    command = "jdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    paths = bench.write_outputs(records, args.out, command)
-    print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s; wrote "
-          + ", ".join(paths.values()))
-    return 0
+    return _run_bench(bench.run_step_counts, bench.write_outputs, cfg, plan, args)
 
 
 def _split_testbeds(values, default) -> list:
@@ -114,14 +118,32 @@ def _cmd_bench_guidance(args) -> int:
         nfe=parse_nfe(args.nfe), grid=args.grid, schedule=args.schedule, final=args.final,
         n_per_class=args.n_per_class, seed=args.seed,
     )
-    plan = gb.check_guidance(cfg)
-    t0 = time.perf_counter()
-    with _progress() as progress:
-        records = gb.run_guidance(cfg, progress=progress if not args.quiet else None, plan=plan)
-    command = "jdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    paths = gb.write_outputs(records, args.out, command)
-    print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s; wrote " + ", ".join(paths.values()))
-    return 0
+    return _run_bench(gb.run_guidance, gb.write_outputs, cfg, gb.check_guidance(cfg), args)
+
+
+def _cmd_bench_restore(args) -> int:
+    from .bench import parse_nfe
+    from .bench import restore as rb
+    from .schedules import SCHEDULES
+
+    testbeds = _split_testbeds(args.testbed, ("mix16d",))
+    if args.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {args.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    operators = [v.strip() for v in ";".join(args.operator or ["mask:0.5"]).split(";") if v.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if methods == ["all"]:
+        methods = []
+    elif not methods:
+        raise ValueError("--methods is empty")
+    for name in ("n_measurements", "n_per_measurement"):
+        if getattr(args, name) < (1 if name == "n_measurements" else 2):
+            raise ValueError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
+    check_output_dir(args.out, "--out")
+    cfg = rb.RestoreConfig(testbeds=tuple(testbeds), operators=tuple(operators), sigma_ys=rb.parse_sigma_ys(args.sigma_y),
+                           methods=tuple(methods), nfe=parse_nfe(args.nfe), schedule=args.schedule,
+                           n_measurements=args.n_measurements, n_per_measurement=args.n_per_measurement,
+                           seed=args.seed)
+    return _run_bench(rb.run_restore, rb.write_outputs, cfg, rb.check_restore(cfg), args)
 
 
 def _guided_testbed_model(args, tb, schedule, n: int):
@@ -547,6 +569,22 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--out", default="bench_guidance", help="output directory")
     gd.add_argument("--quiet", action="store_true", help="no progress bar")
     gd.set_defaults(func=_cmd_bench_guidance)
+
+    rs = bsub.add_parser("restore", help="restoration methods against the exact Gaussian-mixture posterior")
+    rs.add_argument("--testbed", action="append", default=None,
+                    help=f"built-in name ({', '.join(BUILTIN)}) or SPEC.json; repeatable or comma list (default mix16d)")
+    rs.add_argument("--operator", action="append", default=None,
+                    help="mask:FRACTION, matrix:FILE.npy or identity; repeatable (default mask:0.5)")
+    rs.add_argument("--sigma-y", default="0,0.1", help="comma list of measurement noise levels (data scale)")
+    rs.add_argument("--methods", default="all", help="comma list of restoration methods, or all")
+    rs.add_argument("--nfe", default="10,20,50,100", help="comma list of NFE budgets per sample")
+    rs.add_argument("--schedule", default="vp_linear", help=f"one of {', '.join(SCHEDULES)}")
+    rs.add_argument("--n-measurements", type=int, default=8, help="measurements (true x drawn from the prior)")
+    rs.add_argument("--n-per-measurement", type=int, default=200, help="samples per measurement")
+    rs.add_argument("--seed", type=int, default=0, help="seed of the measurements, operator and samplers")
+    rs.add_argument("--out", default="bench_restore", help="output directory")
+    rs.add_argument("--quiet", action="store_true", help="no progress bar")
+    rs.set_defaults(func=_cmd_bench_restore)
 
     t = sub.add_parser("train", help="train a diffusion model (resumes from the work directory)")
     t.add_argument("--workdir", required=True, help="run directory: config.json, checkpoints/, metrics.jsonl")

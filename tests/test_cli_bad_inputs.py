@@ -63,6 +63,13 @@ BAD_INPUTS = [
     ("jdiff", ["bench", "guidance", "--n-per-class", "1"], "--n-per-class must be at least 2"),
     ("jdiff", ["bench", "guidance", "--solvers", "heun", "--nfe", "2"], "needs NFE >= 3"),
     ("jdiff", ["bench", "guidance", "--out", "FILE"], "is not a directory"),
+    # jdiff bench restore
+    ("jdiff", ["bench", "restore", "--sigma-y", "-0.1"], "--sigma-y values must be finite and >= 0"),
+    ("jdiff", ["bench", "restore", "--methods", "ddnm,nope"], "unknown restoration method(s) 'nope'"),
+    ("jdiff", ["bench", "restore", "--operator", "matrix:missing.npy"], "missing.npy"),
+    ("jdiff", ["bench", "restore", "--operator", "mask:1.5"], "mask"),
+    ("jdiff", ["bench", "restore", "--operator", "sr:2"], "needs image data"),
+    ("jdiff", ["bench", "restore", "--n-per-measurement", "1"], "--n-per-measurement is too small"),
     # jdiff bench steps
     ("jdiff", ["bench"], "required"),
     ("jdiff", ["bench", "steps", "--solvers", "ddim,nope"], "unknown solver 'nope'"),

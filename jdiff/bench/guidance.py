@@ -33,9 +33,7 @@ score_c + w (score_c - score_u)``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import jax
@@ -48,7 +46,7 @@ from ..sampling import init_noise, nfe as count_nfe, sample
 from ..schedules import get_schedule
 from ..solvers import get_solver, steps_for_nfe
 from ..testbeds import get_testbed
-from .steps import sliced_wasserstein
+from .steps import sliced_wasserstein, write_report
 
 METHODS = ("cfg", "classifier")
 DEFAULT_TESTBEDS = ("classes2d", "classes16d")
@@ -279,17 +277,11 @@ def plot(records: list[dict], path: str) -> None:
 
 
 def write_outputs(records: list[dict], out_dir: str, command: str) -> dict:
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f"guidance.{k}") for k in ("json", "md", "png")}
-    with open(paths["json"], "w") as f:
-        json.dump(records, f, indent=1)
-    with open(paths["md"], "w") as f:
-        f.write(f"# Guidance on exact testbeds\n\nCommand: `{command}`\n\n"
-                "cfg: classifier-free guidance, scale w (0 = conditional). classifier: exact classifier "
-                "guidance of the unconditional model, scale s (1 = exact conditional). On exact models cfg w "
-                "equals classifier s = 1 + w.\n\n" + markdown_tables(records))
-    plot(records, paths["png"])
-    return paths
+    md = (f"# Guidance on exact testbeds\n\nCommand: `{command}`\n\n"
+          "cfg: classifier-free guidance, scale w (0 = conditional). classifier: exact classifier "
+          "guidance of the unconditional model, scale s (1 = exact conditional). On exact models cfg w "
+          "equals classifier s = 1 + w.\n\n" + markdown_tables(records))
+    return write_report(records, out_dir, "guidance", md, plot)
 
 
 __all__ = ["GuidanceConfig", "METHODS", "check_guidance", "parse_scales", "run_guidance", "markdown_tables",

@@ -327,21 +327,23 @@ def plot(records: list[dict], path: str, metric: str = "rmse") -> None:
     plt.close(fig)
 
 
-def write_outputs(records: list[dict], out_dir: str, command: str) -> dict:
+def write_report(records: list[dict], out_dir: str, stem: str, markdown: str, plot_fn) -> dict:
+    """``DIR/STEM.json`` (the records), ``DIR/STEM.md`` (``markdown``) and ``DIR/STEM.png``
+    (``plot_fn(records, path)``); returns the three paths (the layout of every ``jdiff bench``)."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {
-        "json": os.path.join(out_dir, "step_counts.json"),
-        "md": os.path.join(out_dir, "step_counts.md"),
-        "png": os.path.join(out_dir, "step_counts.png"),
-    }
+    paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ("json", "md", "png")}
     with open(paths["json"], "w") as f:
         json.dump(records, f, indent=1)
     with open(paths["md"], "w") as f:
-        f.write(f"# Step counts\n\nCommand: `{command}`\n\n")
-        f.write("## RMSE\n\n" + markdown_table(records, "rmse"))
-        f.write("\n## Median per-sample error\n\nThe RMS over samples is dominated, at large NFE, "
-                "by the few samples that a solver sends to another mixture mode (their error stays "
-                "near 0.5 while the median keeps falling); the median shows the convergence of the "
-                "typical sample.\n\n" + markdown_table(records, "median_error"))
-    plot(records, paths["png"])
+        f.write(markdown)
+    plot_fn(records, paths["png"])
     return paths
+
+
+def write_outputs(records: list[dict], out_dir: str, command: str) -> dict:
+    md = (f"# Step counts\n\nCommand: `{command}`\n\n## RMSE\n\n" + markdown_table(records, "rmse")
+          + "\n## Median per-sample error\n\nThe RMS over samples is dominated, at large NFE, "
+          "by the few samples that a solver sends to another mixture mode (their error stays "
+          "near 0.5 while the median keeps falling); the median shows the convergence of the "
+          "typical sample.\n\n" + markdown_table(records, "median_error"))
+    return write_report(records, out_dir, "step_counts", md, plot)
