@@ -33,3 +33,16 @@ def test_guidance_example_runs_as_documented():
     stdout = run_example("### Guidance")
     assert stdout.splitlines() == ["cfg w=0.0: 0.80", "cfg w=2.0: 1.00", "classifier s=3: 1.00",
                                    "objective: 0.02 -> 0.27"], stdout
+
+
+def test_restoration_example_runs_as_documented():
+    stdout = run_example("### Restoration")
+    got = {}
+    for line in stdout.splitlines():
+        m = re.fullmatch(r"(\w+): mean error ([\d.]+), RMS of A x - y ([\d.e+-]+), NFE (\d+)", line)
+        assert m, line
+        got[m[1]] = (float(m[2]), float(m[3]), int(m[4]))
+    assert set(got) == {"ddnm", "dps", "smc"}
+    assert got["ddnm"][1] < 1e-6 and got["smc"][1] < 1e-6  # exactly consistent (noiseless)
+    assert got["smc"][0] < 0.03 < got["dps"][0] < got["ddnm"][0]  # the documented ordering
+    assert (got["ddnm"][2], got["dps"][2], got["smc"][2]) == (50, 50, 3200)
