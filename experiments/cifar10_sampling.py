@@ -56,7 +56,7 @@ import numpy as np
 
 import jdiff
 from jdiff import accel, metrics
-from jdiff.accel.plan import (DEFAULT_TOL, AccelPlan, grid_fraction, parse_dualfast, parse_teleport, resolve_fraction,
+from jdiff.accel.plan import (DEFAULT_TOL, AccelPlan, dualfast_plan, grid_fraction, parse_teleport, resolve_fraction,
                               teleported_sample)
 from jdiff.cli import Parser, add_run_config_args, check_output_dir, check_run_flags, run_command
 from jdiff.data import from_model_range, stratified_split, to_model_range
@@ -150,8 +150,8 @@ def check_args(args):
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
         raise ValueError(f"unknown variant(s) {', '.join(map(repr, bad)) or '(none)'}; valid: {', '.join(VARIANTS)}")
-    teleport, dualfast = parse_teleport(args.teleport), parse_dualfast(args.dualfast)
-    AccelPlan(teleport=teleport, tol=args.teleport_tol, dualfast=dualfast)  # checks the tolerance
+    teleport, dualfast = parse_teleport(args.teleport), dualfast_plan(args.dualfast)
+    AccelPlan(teleport=teleport, tol=args.teleport_tol, **dualfast)  # checks the tolerance
     if teleport is not None and any(v in ("teleport", "both") for v in variants) and args.grid not in CONTINUOUS_GRIDS:
         raise ValueError(f"teleportation needs a continuous grid ({', '.join(CONTINUOUS_GRIDS)}), got {args.grid!r}")
     if args.grid not in GRIDS:
@@ -388,7 +388,7 @@ def _main(args) -> int:
         solver = get_solver(name)
         label_name = name if variant == "plain" else f"{name}+{variant}"
         plan = AccelPlan(teleport=teleport if variant in ("teleport", "both") else None, tol=tol,
-                         dualfast=dualfast if variant in ("dualfast", "both") else None)
+                         **(dualfast if variant in ("dualfast", "both") else {}))
         for budget in nfes:
             try:
                 steps = steps_for_nfe(solver, budget)
@@ -415,7 +415,7 @@ def _main(args) -> int:
                         realised = grid_fraction(full, info.skip_index, "zero")
                     else:
                         x = jdiff.sample(model_fn, sched, solver, grid, x_T[sl], key, prediction=run.prediction,
-                                         hooks=plan.hooks)
+                                         hooks=plan.hooks_for(solver))
                     chunks.append(np.asarray(jnp.clip(x, -1.0, 1.0)))
                 samples = np.concatenate(chunks)
                 finite = finite and bool(np.isfinite(samples).all())
@@ -432,7 +432,7 @@ def _main(args) -> int:
             seconds = time.perf_counter() - t1
             row = {"solver": label_name, "base_solver": name, "variant": variant, "nfe_budget": budget,
                    "nfe": jdiff.nfe(solver, grid), "steps": steps, "stochastic": bool(solver.stochastic),
-                   "seconds": round(seconds, 2), "finite": finite, **plan.describe()}
+                   "seconds": round(seconds, 2), "finite": finite, **plan.describe(solver)}
             if plan.teleport is not None:
                 row.update(teleport_fraction=realised, teleport_request=fraction, teleport_t=float(grid[0]),
                            probe_calls=fractions["f"][1], probe_nfe_per_sample=fractions["f"][1] * plan.probe / n)

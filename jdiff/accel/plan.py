@@ -6,7 +6,10 @@ rest, on the grid that continues the spacing (:func:`teleport_grid`) with the mu
 from the closed-form solution where the solver keeps one, so a teleported run has the same NFE
 as a plain one; ``auto`` finds the fraction with :func:`jdiff.accel.auto_fraction` (its probe
 calls are reported per sample). ``--dualfast [k=v,...]`` adds the :class:`jdiff.accel.DualFast`
-hook (``scale``, ``ramp``, ``reference``, ``space``).
+hook (``scale``, ``ramp``, ``reference``, ``space``, ``history``): options not given come from the
+solver's measured default (:meth:`DualFast.for_solver`: off for iPNDM and DPM-Solver++(3M), which
+the class defaults harm), so resolve it per solver with :meth:`AccelPlan.hooks_for`
+(:func:`dualfast_plan` gives the plan's arguments).
 """
 
 from __future__ import annotations
@@ -61,6 +64,16 @@ def parse_dualfast(value: str | None) -> DualFast | None:
     return DualFast(**kwargs)
 
 
+def dualfast_plan(value: str | None) -> dict:
+    """The :class:`AccelPlan` arguments of ``--dualfast``: ``dualfast`` (:func:`parse_dualfast`)
+    and ``dualfast_given`` (the option names given; the others are per solver)."""
+    df = parse_dualfast(value)
+    if df is None:
+        return {"dualfast": None, "dualfast_given": None}
+    given = tuple(item.partition("=")[0] for item in filter(None, (v.strip() for v in value.split(","))))
+    return {"dualfast": df, "dualfast_given": given}
+
+
 @dataclasses.dataclass(frozen=True)
 class AccelPlan:
     """What to do before and around a solver run (``teleport``: None, a fraction or ``"auto"``)."""
@@ -70,6 +83,9 @@ class AccelPlan:
     probe: int = DEFAULT_PROBE
     dualfast: DualFast | None = None
     history: str = "auto"  # multistep history after a teleport (jdiff.accel.sample_teleported)
+    # None: ``dualfast`` as given, for every solver; a tuple of option names: only those were given,
+    # the others are the solver's default (DualFast.for_solver; see hooks_for)
+    dualfast_given: tuple | None = None
 
     def __post_init__(self):
         if not (self.tol > 0):
@@ -88,12 +104,32 @@ class AccelPlan:
 
     @property
     def hooks(self) -> tuple:
+        """The hooks as given, whatever the solver (see :meth:`hooks_for`)."""
         return () if self.dualfast is None else (self.dualfast,)
 
-    def describe(self) -> dict:
-        return {"teleport": self.teleport, "teleport_tol": self.tol if self.teleport == "auto" else None,
-                "teleport_history": self.history if self.teleport is not None else None,
-                "dualfast": None if self.dualfast is None else dataclasses.asdict(self.dualfast)}
+    def dualfast_for(self, solver) -> DualFast | None:
+        """The DualFast hook for ``solver`` (None: none, or the solver's default is off)."""
+        if self.dualfast is None:
+            return None
+        if self.dualfast_given is None:
+            return self.dualfast
+        df = DualFast.for_solver(solver, **{k: getattr(self.dualfast, k) for k in self.dualfast_given})
+        return None if df.is_identity else df
+
+    def hooks_for(self, solver) -> tuple:
+        """The hooks to run with ``solver``: the options given, the rest the solver's default."""
+        df = self.dualfast_for(solver)
+        return () if df is None else (df,)
+
+    def describe(self, solver=None) -> dict:
+        """Record fields; with ``solver``, the DualFast options resolved for it (None: off)."""
+        df = self.dualfast if solver is None else self.dualfast_for(solver)
+        out = {"teleport": self.teleport, "teleport_tol": self.tol if self.teleport == "auto" else None,
+               "teleport_history": self.history if self.teleport is not None else None,
+               "dualfast": None if df is None else dataclasses.asdict(df)}
+        if self.dualfast is not None and self.dualfast_given is not None:
+            out["dualfast_per_solver"] = True
+        return out
 
 
 def resolve_fraction(plan: AccelPlan, model_fn, stats: GaussianStats, schedule, grid_name: str, x_T_max,
@@ -138,10 +174,10 @@ def teleported_sample(plan: AccelPlan, model_fn, stats: GaussianStats, schedule,
 
     grid, k = teleport_grid(schedule, grid_name, n_steps, final, fraction)
     x, info = sample_teleported(model_fn, schedule, solver, grid, x_T_max, stats, k, key, history=plan.history,
-                                hooks=plan.hooks, return_info=True, **sample_kwargs)
+                                hooks=plan.hooks_for(solver), return_info=True, **sample_kwargs)
     return x, grid, info
 
 
-__all__ = ["AccelPlan", "parse_teleport", "parse_dualfast", "resolve_fraction", "teleport_grid",
+__all__ = ["AccelPlan", "parse_teleport", "parse_dualfast", "dualfast_plan", "resolve_fraction", "teleport_grid",
            "grid_fraction", "teleported_sample",
            "DEFAULT_TOL", "DEFAULT_PROBE"]

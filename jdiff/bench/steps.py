@@ -206,9 +206,9 @@ def _accelerated_run(cfg, cache, tb_name, tb, model_fn, schedule, solver, grid_n
     from ..accel.plan import grid_fraction, resolve_fraction, teleported_sample
 
     plan = cfg.accel
-    rec = {**plan.describe()}
+    rec = {**plan.describe(solver)}
     if plan.teleport is None:
-        return sample(model_fn, schedule, solver, full, x_T, key=key, hooks=plan.hooks), full, rec
+        return sample(model_fn, schedule, solver, full, x_T, key=key, hooks=plan.hooks_for(solver)), full, rec
     if ("stats", tb_name) not in cache:
         from ..accel import GaussianStats
 
