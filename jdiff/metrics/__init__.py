@@ -6,6 +6,8 @@
   to .npz by ``scripts/convert_inception_weights.py``); FID = Frechet distance of its features.
 * :mod:`jdiff.metrics.feature_net`: a small classifier trained by jdiff on your data, for a
   "Frechet distance in own-feature space" when the Inception weights are not available.
+* :mod:`jdiff.metrics.text`: bound-based perplexity (per token, per word), BLEU-4 and self-BLEU
+  of text samples (through sacrebleu).
 """
 
 from .feature_net import (
@@ -38,6 +40,16 @@ from .inception import (
     state_dict_to_variables,
     variables_to_state_dict,
 )
+from .text import (
+    bits_per_token,
+    bleu,
+    bleu_scores,
+    perplexity_per_token,
+    perplexity_per_word,
+    perplexity_report,
+    self_bleu,
+    self_bleu_scores,
+)
 
 __all__ = [
     "OWN_FEATURE_LABEL",
@@ -46,6 +58,9 @@ __all__ = [
     "FeatureStats",
     "InceptionV3",
     "accuracy",
+    "bits_per_token",
+    "bleu",
+    "bleu_scores",
     "compute_stats",
     "feature_fn",
     "frechet_distance",
@@ -56,10 +71,15 @@ __all__ = [
     "load_feature_net",
     "load_inception_params",
     "load_mu_sigma",
+    "perplexity_per_token",
+    "perplexity_per_word",
+    "perplexity_report",
     "predict_logits",
     "resize_bilinear",
     "save_feature_net",
     "save_inception_npz",
+    "self_bleu",
+    "self_bleu_scores",
     "state_dict_to_variables",
     "trace_sqrt_product",
     "train_feature_net",
