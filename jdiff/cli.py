@@ -146,6 +146,21 @@ def _cmd_bench_restore(args) -> int:
     return _run_bench(rb.run_restore, rb.write_outputs, cfg, rb.check_restore(cfg), args)
 
 
+def _cmd_bench_discrete(args) -> int:
+    from .bench import discrete as db
+    from .discrete import BUILTIN_DISCRETE
+
+    tb = args.testbed.strip()
+    if not tb:
+        raise ValueError(f"--testbed is empty; valid: {', '.join(BUILTIN_DISCRETE)} or a path to a .json spec")
+    if args.n < 2:
+        raise ValueError(f"--n must be at least 2, got {args.n}")
+    check_output_dir(args.out, "--out")
+    cfg = db.DiscreteConfig(testbed=tb, steps=db.parse_ints(args.steps, "--steps"), T=db.parse_ints(args.T, "--T"),
+                            schedules=db.parse_schedules(args.schedules), n=args.n, n_mc=args.mc, seed=args.seed)
+    return _run_bench(db.run_discrete, db.write_outputs, cfg, db.check_discrete(cfg), args)
+
+
 def _guided_testbed_model(args, tb, schedule, n: int):
     """``(model_fn, args for sample, note)`` of ``jdiff sample --labels/--cfg/--classifier-guidance``."""
     import math
@@ -226,7 +241,8 @@ def _cmd_sample(args) -> int:
     key = prng.key(args.seed) if args.prng == "threefry_xla" else jax.random.key(args.seed)
     accel_note = ""
     if plan is not None and plan.dualfast is not None:
-        accel_note += f"; {plan.dualfast}"
+        df = plan.dualfast_for(solver)
+        accel_note += f"; {df}" if df is not None else f"; DualFast off (the default for {args.solver})"
     if plan is not None and plan.teleport is not None:
         from .accel import GaussianStats
         from .accel.plan import grid_fraction, resolve_fraction, teleported_sample
@@ -241,7 +257,7 @@ def _cmd_sample(args) -> int:
                        + (f", auto: {calls} probe calls on {n_probe} samples = "
                           f"{calls * n_probe / z.shape[0]:.3f} NFE per sample" if calls else "") + ")")
     else:
-        x = sample(model_fn, schedule, solver, grid, x_T, key=key, hooks=() if plan is None else plan.hooks,
+        x = sample(model_fn, schedule, solver, grid, x_T, key=key, hooks=() if plan is None else plan.hooks_for(solver),
                    denoise_to_zero=args.denoise_to_zero, check_finite=args.check_finite, args=model_args)
     x = np.asarray(x)
     wall = time.perf_counter() - t0
@@ -462,20 +478,22 @@ def add_accel_args(parser) -> None:
                         help="auto teleport: RMS disagreement of model and Gaussian eps predictions "
                              "(default 0.1)")
     parser.add_argument("--dualfast", nargs="?", const="", default=None, metavar="k=v,...",
-                        help="DualFast correction (no extra NFE); options scale (default 0.25), ramp "
-                             "(constant, step, time; default time), reference (previous, first; default "
-                             "first), space (eps, x0; default eps); bare flag: the defaults")
+                        help="DualFast correction (no extra NFE); options scale (default 0.25; 0, i.e. off, "
+                             "for ipndm and dpmpp_3m, where it measured harmful), ramp (constant, step, time; "
+                             "default time), reference (previous, first; default first), space (eps, x0; "
+                             "default eps), history (mixed, raw; default mixed); options not given take the "
+                             "solver's default; bare flag: the defaults")
 
 
 def accel_plan(args):
     """The :class:`jdiff.accel.plan.AccelPlan` of ``--teleport`` / ``--dualfast`` (None: neither)."""
-    from .accel.plan import DEFAULT_TOL, AccelPlan, parse_dualfast, parse_teleport
+    from .accel.plan import DEFAULT_TOL, AccelPlan, dualfast_plan, parse_teleport
 
     teleport = parse_teleport(args.teleport)
     if args.teleport_tol is not None and teleport != "auto":
         raise ValueError("--teleport-tol applies to --teleport auto only")
     plan = AccelPlan(teleport=teleport, tol=DEFAULT_TOL if args.teleport_tol is None else args.teleport_tol,
-                     dualfast=parse_dualfast(args.dualfast))
+                     **dualfast_plan(args.dualfast))
     return plan if plan.active else None
 
 
@@ -585,6 +603,21 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--out", default="bench_restore", help="output directory")
     rs.add_argument("--quiet", action="store_true", help="no progress bar")
     rs.set_defaults(func=_cmd_bench_restore)
+
+    dc = bsub.add_parser("discrete", help="absorbing-state (text) diffusion against an exact discrete testbed: "
+                                          "sampler TV vs steps, exact bound vs T")
+    dc.add_argument("--testbed", default="k3l4v5",
+                    help="built-in (k3l4v5, k4l5v6) or SPEC.json {\"weights\": [K], \"probs\": [K][L][V]}")
+    dc.add_argument("--steps", default="1,2,4,8,16,64", help="comma list of sampler step counts (NFE)")
+    dc.add_argument("--T", default="1,2,4,8,16,64,256,1024", help="comma list of diffusion step counts for the bound")
+    dc.add_argument("--schedules", default="linear,cosine", help="comma list of linear, cosine")
+    dc.add_argument("--n", type=int, default=20000, help="samples per sampler run (and exact samples for the floor)")
+    dc.add_argument("--mc", type=int, default=0,
+                    help="Monte-Carlo draws for the bound (0: exact enumeration when small enough)")
+    dc.add_argument("--seed", type=int, default=0, help="seed of the samplers and exact samples")
+    dc.add_argument("--out", default="bench_discrete", help="output directory")
+    dc.add_argument("--quiet", action="store_true", help="no progress bar")
+    dc.set_defaults(func=_cmd_bench_discrete)
 
     t = sub.add_parser("train", help="train a diffusion model (resumes from the work directory)")
     t.add_argument("--workdir", required=True, help="run directory: config.json, checkpoints/, metrics.jsonl")

@@ -1,0 +1,102 @@
+"""x0-parameterised ancestral sampling of absorbing-state diffusion, with step skipping.
+
+Official code ``diffusion_word_freq.discrete_diffusion_predict_fn`` / ``predict.py``; reference
+§1.5. From all-mask at u = 1 (t = T), ``steps`` iterations over the grid of
+:func:`jdiff.discrete.absorbing.discrete_times` (stride T / steps; ``T=None``: continuous time).
+Iteration i (``u_t = grid[i] > u_s = grid[i + 1]``)::
+
+    logits  = apply_fn(params, x, u_t)                       # x0 logits (B, L, N)
+    logp0   = log_softmax(logits with mask -> -inf)
+    post    = log p_theta(x_s | x_t)                          # closed form, absorbing.py
+    post    = filter(post / temperature)                      # top-k, then top-p (nucleus)
+    x       = categorical(post)                               # unmasked tokens stay (point mass)
+
+Filtering is applied, as in the code (``top_k_top_p_filtering`` on the posterior logits), to the
+posterior logits over the whole state space, the mask included (``filter_on='posterior'``);
+``filter_on='x0'`` filters the x0 distribution before forming the posterior instead. The last
+step has ``u_s = 0``: ``alpha_bar_s = 1``, so ``c_mask = 0`` and no mask is left. One compiled
+program (``lax.scan``; ``steps``, ``top_k``, ``filter_on`` and the shape are static; params,
+temperature, top_p (None: off), T and the schedule are traced), batched and keyed (step i uses
+``fold_in(key, i)``): a fixed key gives the same tokens. NFE = ``steps`` exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ..sampling import scan_steps
+from .absorbing import Absorbing, discrete_times, x0_log_probs
+
+__all__ = ["sample", "filter_logits", "sampler_nfe", "FILTER_ON"]
+
+FILTER_ON = ("posterior", "x0")
+
+
+def filter_logits(logits, top_k: int = 0, top_p=None):
+    """Top-k (static k; 0 = off), then nucleus top-p (traced; None = off, static) on the last
+    axis: removed entries get -inf; the most likely entry always stays (HF
+    ``top_k_top_p_filtering``: an entry is kept while the mass strictly before it is < top_p)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is None:
+        return logits
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_l = jnp.take_along_axis(logits, order, -1)
+    probs = jax.nn.softmax(sorted_l, -1)
+    before = jnp.cumsum(probs, -1) - probs  # mass strictly before each entry
+    keep_sorted = (before < top_p) | (jnp.arange(logits.shape[-1]) == 0)
+    keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), -1)  # back to vocab order
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def sampler_nfe(steps: int) -> int:
+    """Model evaluations of :func:`sample`: one per iteration."""
+    return int(steps)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "shape", "steps", "top_k", "filter_on"))
+def _sample(apply_fn, params, process: Absorbing, key, shape, steps, T, temperature, top_k, top_p, filter_on):
+    grid = discrete_times(T, steps)  # (steps + 1,)
+    B = shape[0]
+    mask_id = process.mask_id
+    x = jnp.full(shape, mask_id, jnp.int32)
+
+    def step(x, i):
+        u_t, u_s = grid[i], grid[i + 1]
+        logp0 = x0_log_probs(apply_fn(params, x, jnp.full((B,), u_t)), mask_id)  # (B, L, N)
+        if filter_on == "x0":
+            logp0 = jax.nn.log_softmax(filter_logits(logp0, top_k, top_p), -1)
+        a_s, a_t = process.model_alphas(u_s, u_t, x, logp0)
+        post = process.posterior_logits(x, logp0, a_s, a_t) / temperature
+        if filter_on == "posterior":
+            post = filter_logits(post, top_k, top_p)
+        new = jax.random.categorical(jax.random.fold_in(key, i), post, axis=-1).astype(jnp.int32)
+        return jnp.where(x == mask_id, new, x)
+
+    x, _ = scan_steps(step, x, 0, steps)
+    return x
+
+
+def sample(apply_fn, params, process: Absorbing, key, shape, steps: int, T=None, temperature=1.0,
+           top_k: int = 0, top_p=None, filter_on: str = "posterior"):
+    """Tokens (B, L) int32 with no mask (module docstring). ``apply_fn`` must be hashable (a
+    module-level function or a bound ``Module.apply``); ``T``: the discrete process's step
+    count (the grid is ``floor(T (steps - i) / steps) / T``) or None for continuous time."""
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if T is not None and (not isinstance(T, int) or T < steps):
+        raise ValueError(f"T must be an integer >= steps ({steps}), got {T!r}")
+    if filter_on not in FILTER_ON:
+        raise ValueError(f"filter_on must be one of {', '.join(FILTER_ON)}, got {filter_on!r}")
+    if not (isinstance(top_k, int) and top_k >= 0):
+        raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if top_p is not None and isinstance(top_p, (int, float)) and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    return _sample(apply_fn, params, process, key, tuple(shape), steps, T, jnp.float32(temperature),
+                   top_k, None if top_p is None else jnp.float32(top_p), filter_on)
