@@ -142,7 +142,7 @@ def _cmd_bench_restore(args) -> int:
     cfg = rb.RestoreConfig(testbeds=tuple(testbeds), operators=tuple(operators), sigma_ys=rb.parse_sigma_ys(args.sigma_y),
                            methods=tuple(methods), nfe=parse_nfe(args.nfe), schedule=args.schedule,
                            n_measurements=args.n_measurements, n_per_measurement=args.n_per_measurement,
-                           seed=args.seed)
+                           seed=args.seed, noise=args.noise)
     return _run_bench(rb.run_restore, rb.write_outputs, cfg, rb.check_restore(cfg), args)
 
 
@@ -599,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--schedule", default="vp_linear", help=f"one of {', '.join(SCHEDULES)}")
     rs.add_argument("--n-measurements", type=int, default=8, help="measurements (true x drawn from the prior)")
     rs.add_argument("--n-per-measurement", type=int, default=200, help="samples per measurement")
+    rs.add_argument("--noise", default=None,
+                    help="FILE.npy of standard-normal initial draws, shape (n-measurements * n-per-measurement, dim); "
+                         "replaces each method's initial draw (not SMC's: its record says noise null)")
     rs.add_argument("--seed", type=int, default=0, help="seed of the measurements, operator and samplers")
     rs.add_argument("--out", default="bench_restore", help="output directory")
     rs.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -70,6 +70,8 @@ BAD_INPUTS = [
     ("jdiff", ["bench", "restore", "--operator", "mask:1.5"], "mask"),
     ("jdiff", ["bench", "restore", "--operator", "sr:2"], "needs image data"),
     ("jdiff", ["bench", "restore", "--n-per-measurement", "1"], "--n-per-measurement is too small"),
+    ("jdiff", ["bench", "restore", "--noise", "NOISE"], "(n, 16)"),
+    ("jdiff", ["bench", "restore", "--noise", "missing.npy"], "missing.npy"),
     # jdiff bench steps
     ("jdiff", ["bench"], "required"),
     ("jdiff", ["bench", "steps", "--solvers", "ddim,nope"], "unknown solver 'nope'"),

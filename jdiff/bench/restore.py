@@ -15,7 +15,10 @@ measurement; records hold
 * ``consistency``: RMS of ``A x - y`` over samples (0 for a method that projects onto the
   measurement; about ``sigma_y`` per observed dimension is right for a noisy posterior);
 * ``nfe``: model evaluations per returned sample (:func:`jdiff.restoration.method_nfe`; for SMC
-  the steps times the particles behind each sample).
+  the steps times the particles behind each sample);
+* ``noise``: the ``--noise`` file whose standard-normal rows (shape (M * S, dim), row ``i * S + j``
+  for sample j of measurement i) replaced the methods' initial draw (option ``z``), or None
+  (the key's draw; always None for SMC, whose B * particles initial particles come from its key).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ import numpy as np
 
 from ..schedules import get_schedule
 from ..testbeds import get_testbed
-from .steps import sliced_wasserstein, write_report
+from .steps import load_noise, sliced_wasserstein, write_report
 
 DEFAULT_NFE = (10, 20, 50, 100)
 MASK_ONLY = ("repaint",)  # methods defined for inpainting masks only (skipped for other operators)
+OWN_NOISE = ("smc",)  # methods that refuse the option z (their initial draw is always the key's)
 
 
 @dataclass
@@ -46,6 +50,7 @@ class RestoreConfig:
     n_measurements: int = 8
     n_per_measurement: int = 200
     seed: int = 0
+    noise: str | None = None  # .npy of standard-normal initial draws, shape (n_measurements * n_per_measurement, dim)
 
 
 def registered_methods() -> dict:
@@ -89,6 +94,8 @@ def check_restore(cfg: RestoreConfig) -> list[tuple]:
     plan = []
     for tb_name in cfg.testbeds:
         tb = get_testbed(tb_name)
+        if cfg.noise:
+            _noise(cfg, tb.dim)
         for spec in cfg.operators:
             op = parse_operator(spec, (tb.dim,), cfg.seed)
             for s in cfg.sigma_ys:
@@ -98,6 +105,15 @@ def check_restore(cfg: RestoreConfig) -> list[tuple]:
                     for n in cfg.nfe:
                         plan.append((tb_name, spec, s, m, n))
     return plan
+
+
+def _noise(cfg, dim: int) -> np.ndarray:
+    z = load_noise(cfg.noise, dim)
+    n = cfg.n_measurements * cfg.n_per_measurement
+    if z.shape[0] != n:
+        raise ValueError(f"noise in {cfg.noise!r} has shape {z.shape}; the benchmark needs "
+                         f"(n_measurements * n_per_measurement, dim) = ({n}, {dim})")
+    return z
 
 
 def _problem(cfg, tb_name, spec, sigma_y):
@@ -143,7 +159,9 @@ def run_restore(cfg: RestoreConfig, progress=None, plan=None) -> list[dict]:
         tb, op, y, exact, mean, floor = problems[pkey]
         y_rep = jnp.asarray(np.repeat(y, S, axis=0), jnp.float32)  # (M * S, m)
         key = jax.random.fold_in(jax.random.key(cfg.seed), 21)
-        x = methods[method](tb.model_fn(schedule), schedule, op, y_rep, sigma_y, nfe, key, prediction="eps")
+        noise = cfg.noise if cfg.noise and method not in OWN_NOISE else None
+        z = {"z": jnp.asarray(_noise(cfg, tb.dim))} if noise else {}
+        x = methods[method](tb.model_fn(schedule), schedule, op, y_rep, sigma_y, nfe, key, prediction="eps", **z)
         used_nfe = method_nfe(method, schedule, nfe)
         x = np.asarray(x, np.float64).reshape(M, S, -1)
         finite = bool(np.all(np.isfinite(x)))
@@ -153,7 +171,7 @@ def run_restore(cfg: RestoreConfig, progress=None, plan=None) -> list[dict]:
                         "nfe_budget": nfe, "nfe": float(used_nfe), "schedule": cfg.schedule,
                         "n_measurements": M, "n_per_measurement": S, **meas,
                         "mean_error_floor": floor["mean_error"], "sw_floor": floor["sw"],
-                        "consistency_exact": floor["consistency"], "finite": finite})
+                        "consistency_exact": floor["consistency"], "finite": finite, "noise": noise})
         if progress:
             progress.advance(task)
     return records

@@ -8,7 +8,9 @@
   ``y = A x + sigma_y n`` (the reference that restoration methods are measured against).
 * Methods, each ``restore_<name>(model_fn, schedule, op, y, sigma_y, nfe, key, prediction=...)``
   (one sample per row of ``y``; :data:`METHODS` by name, :func:`method_nfe` the realised model
-  evaluations per sample): :mod:`~jdiff.restoration.projection` (DDNM, DDNM+, DDRM; the DDNM
+  evaluations per sample; the common option ``z``, standard-normal draws (B, *op.in_shape),
+  replaces the key's initial draw, except for SMC, which refuses it):
+  :mod:`~jdiff.restoration.projection` (DDNM, DDNM+, DDRM; the DDNM
   projection also as a hook for any solver), :mod:`~jdiff.restoration.repaint` (RePaint),
   :mod:`~jdiff.restoration.guided` (DPS, PiGDM), :mod:`~jdiff.restoration.smc` (sequential
   Monte Carlo: asymptotically exact as the particles grow). The measurement travels in ``args``

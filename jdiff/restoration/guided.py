@@ -131,7 +131,7 @@ from ..solvers import DDIM, Solver, get_solver, steps_for_nfe
 from ..solvers.base import grid_coeffs
 from ..statics import check_no_captured_arrays, combine, partition
 from .operators import LinearOperator, check_sigma_y
-from .projection import RESERVED_KEYS, Plan as _Plan, restoration_args
+from .projection import RESERVED_KEYS, Plan as _Plan, check_z, restoration_args
 
 __all__ = [
     "measurement_args", "read_measurement_args", "dps_gradient", "dps_residual_norm",
@@ -627,8 +627,8 @@ def _split_key(key, what):
 Plan = _Plan
 
 
-_OPTIONS = {"dps": ("zeta", "grid", "clip", "args", "x_T"),
-            "pigdm": ("w", "eta", "awd", "grid", "init", "weighting", "args", "x_T")}
+_OPTIONS = {"dps": ("zeta", "grid", "clip", "args", "x_T", "z"),
+            "pigdm": ("w", "eta", "awd", "grid", "init", "weighting", "args", "x_T", "z")}
 _FAITHFUL_ONLY = {"dps": ("clip",), "pigdm": ("eta", "awd", "init")}
 _TRANSFORM_ONLY = {"dps": (), "pigdm": ("weighting",)}
 
@@ -673,8 +673,11 @@ def _restore(method, model_fn, schedule, op, y, sigma_y, nfe, key, prediction, s
     rargs = measurement_args(op, y, sigma_y, options.get("args"))
     y = rargs["measurement"]
     k_init, k_run = _split_key(key, what)
-    z = jax.random.normal(k_init, (y.shape[0],) + tuple(op.in_shape), y.dtype)
+    shape = (y.shape[0],) + tuple(op.in_shape)
     x_T = options.get("x_T")
+    z = check_z(options.get("z"), shape, y.dtype, what, x_T)
+    if z is None:
+        z = jax.random.normal(k_init, shape, y.dtype)
     if x_T is None:
         x_T = init_noise(schedule, p.grid[0], z)
         if options.get("init", "noise") == "pinv":  # RED-diff: x_T = alpha_T A^+ y + sigma_T z
@@ -721,7 +724,9 @@ def restore_dps(model_fn, schedule, op, y, sigma_y, nfe, key, *, prediction: str
     for other stochastic solvers, 0 for ODE solvers) on ``steps_for_nfe(solver, nfe)`` steps.
     Options: ``zeta`` (default :data:`DPS_DEFAULTS`), ``grid`` (spacing, default ``"logsnr"``),
     ``clip`` (own sampler only), ``args`` (further model arguments, e.g. ``{"y": labels}``),
-    ``x_T``. ``sigma_y`` is checked but not used (DPS absorbs it in zeta). ``return_info``: also
+    ``x_T``, ``z`` (standard-normal draws (B, *op.in_shape) in place of the key's initial draw:
+    x_T = ``init_noise(schedule, grid[0], z)``; not with ``x_T``). ``sigma_y`` is checked but
+    not used (DPS absorbs it in zeta). ``return_info``: also
     return ``{"nfe", "vjp", "steps", "solver", "grid", "zeta", ...}`` (:func:`plan` gives the
     same without running)."""
     return _restore("dps", model_fn, schedule, op, y, sigma_y, nfe, key, prediction, solver, return_info,
@@ -734,7 +739,8 @@ def restore_pigdm(model_fn, schedule, op, y, sigma_y, nfe, key, *, prediction: s
 
     ``solver=None``: :func:`pigdm_sample` with ``nfe`` DDIM-eta steps. A solver: :func:`jdiff.sample`
     with :func:`pigdm_guidance` on ``steps_for_nfe(solver, nfe)`` steps. Options: ``w``, ``grid``,
-    ``args``, ``x_T``; own sampler only: ``eta``, ``awd``, ``init`` (``"noise"``, default, or
+    ``args``, ``x_T``, ``z`` (as :func:`restore_dps`; with ``init="pinv"`` the z of its
+    ``sigma_T z``); own sampler only: ``eta``, ``awd``, ``init`` (``"noise"``, default, or
     ``"pinv"``: RED-diff's ``x_T = alpha_T A^+ y + sigma_T z``); transform only: ``weighting``.
     ``return_info`` as :func:`restore_dps`."""
     return _restore("pigdm", model_fn, schedule, op, y, sigma_y, nfe, key, prediction, solver, return_info,

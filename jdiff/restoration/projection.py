@@ -99,7 +99,8 @@ Gaussian-mixture posterior. What holds exactly: DDNM's noiseless outputs are con
 code does: consistent only approximately).
 
 Randomness: ``key`` gives every draw (initial noise from ``split(key)[0]``, the sampler from
-``split(key)[1]``, see each function), so the same key gives the same samples. Batched: one sample
+``split(key)[1]``, see each function), so the same key gives the same samples; the common option
+``z`` (standard-normal draws (B, *op.in_shape), :func:`check_z`) replaces the initial draw. Batched: one sample
 per row of ``y``; repeat rows for several samples of one measurement.
 
 Entry points for ``jdiff bench restore``: :func:`restore_ddnm`, :func:`restore_ddnm_plus`,
@@ -341,13 +342,31 @@ def _travel_path(n_steps: int, travel_length: int, travel_repeat: int):
     return repaint_path(n_steps, int(travel_length), int(travel_repeat))
 
 
-def _initial_noise(schedule, grid, key, shape, dtype):
-    return init_noise(schedule, np.asarray(grid)[0], jax.random.normal(key, shape, dtype))
+def _initial_noise(schedule, grid, key, shape, dtype, z=None):
+    z = jax.random.normal(key, shape, dtype) if z is None else z
+    return init_noise(schedule, np.asarray(grid)[0], z)
+
+
+def check_z(z, shape, dtype, what: str, x_T=None):
+    """The restoration methods' common option ``z``: standard-normal draws of ``shape`` (B,
+    *op.in_shape) used in place of the key's initial draw (None: the key draws). One clear
+    ValueError for a wrong shape, a non-array or ``z`` together with ``x_T``."""
+    if z is None:
+        return None
+    if x_T is not None:
+        raise ValueError(f"{what}: pass x_T or z, not both")
+    try:
+        z = jnp.asarray(z)
+    except TypeError:
+        raise ValueError(f"{what}: z must be an array of standard-normal draws, got {type(z).__name__}") from None
+    if tuple(z.shape) != tuple(shape):
+        raise ValueError(f"{what}: z must have shape {tuple(shape)} (B, *op.in_shape), got {tuple(z.shape)}")
+    return z.astype(dtype)
 
 
 def ddnm_sample(model_fn, schedule, op, y, grid, key, *, sigma_y=0.0, eta: float = 0.85,
                 travel_length: int = 1, travel_repeat: int = 1, x_T=None, prediction: str = "eps",
-                args=None, plus: bool = False):
+                args=None, plus: bool = False, z=None):
     """DDNM's own sampler (official ``ddnm_diffusion``; ``plus=True``: ``ddnm_plus_diffusion``,
     SVD form), one compiled program per configuration.
 
@@ -364,6 +383,8 @@ def ddnm_sample(model_fn, schedule, op, y, grid, key, *, sigma_y=0.0, eta: float
         ``travel_repeat > 1`` the path of :func:`jdiff.paths.repaint_path` runs on
         :func:`jdiff.paths.sample_path`.
       x_T: initial sample at ``grid[0]`` (default: prior noise).
+      z: standard-normal draws (B, *op.in_shape) in place of ``split(key)[0]``'s: x_T =
+        ``init_noise(schedule, grid[0], z)`` (not with ``x_T``).
 
     Returns the samples (B, *op.in_shape) at the end of the grid. NFE: :func:`ddnm_nfe`.
     """
@@ -379,8 +400,9 @@ def ddnm_sample(model_fn, schedule, op, y, grid, key, *, sigma_y=0.0, eta: float
     k_init, k_run = jax.random.split(key)
     shape = (y.shape[0],) + tuple(op.in_shape)
     dtype = jnp.promote_types(y.dtype, jnp.float32)
+    z = check_z(z, shape, dtype, "ddnm", x_T)
     if x_T is None:
-        x_T = _initial_noise(schedule, grid, k_init, shape, dtype)
+        x_T = _initial_noise(schedule, grid, k_init, shape, dtype, z)
     else:
         x_T = jnp.asarray(x_T)
         if tuple(x_T.shape) != shape:
@@ -395,12 +417,12 @@ def ddnm_sample(model_fn, schedule, op, y, grid, key, *, sigma_y=0.0, eta: float
 
 def ddnm_plus_sample(model_fn, schedule, op, y, grid, key, *, sigma_y=0.0, eta: float = 0.85,
                      travel_length: int = 1, travel_repeat: int = 1, x_T=None,
-                     prediction: str = "eps", args=None):
+                     prediction: str = "eps", args=None, z=None):
     """DDNM+ (noisy y, SVD form): :func:`ddnm_sample` with ``plus=True``; equal to DDNM at
     ``sigma_y = 0``."""
     return ddnm_sample(model_fn, schedule, op, y, grid, key, sigma_y=sigma_y, eta=eta,
                        travel_length=travel_length, travel_repeat=travel_repeat, x_T=x_T,
-                       prediction=prediction, args=args, plus=True)
+                       prediction=prediction, args=args, plus=True, z=z)
 
 
 def ddnm_nfe(grid, travel_length: int = 1, travel_repeat: int = 1) -> int:
@@ -417,7 +439,7 @@ DDRM_INIT_STREAM, DDRM_STEP_STREAM = 0, 1
 
 
 @partial(jax.jit, static_argnames=("model_static", "prediction"))
-def _ddrm(model_arrays, schedule, grid, key, rargs, eta, eta_b, *, model_static, prediction):
+def _ddrm(model_arrays, schedule, grid, key, rargs, eta, eta_b, z, *, model_static, prediction):
     model_fn = combine(model_arrays, model_static)
     op = rargs[OPERATOR]
     y = rargs[MEASUREMENT]
@@ -438,8 +460,7 @@ def _ddrm(model_arrays, schedule, grid, key, rargs, eta, eta_b, *, model_static,
     sy_safe = jnp.where(sy > 0, sy, 1)
     c = jnp.sqrt(jnp.maximum(1.0 - eta * eta, 0.0))
 
-    # initialisation at sigma_hat_T: p(x_T | y)
-    z = jax.random.normal(jax.random.fold_in(key, DDRM_INIT_STREAM), (B, n), dtype)
+    # initialisation at sigma_hat_T: p(x_T | y); z (B, n) standard normal, drawn outside
     sT = sh[0]
     large = pos & (s * sT > sy)
     inv_sig = jnp.where(large, sy / s_safe, 0)
@@ -467,7 +488,7 @@ def _ddrm(model_arrays, schedule, grid, key, rargs, eta, eta_b, *, model_static,
 
 
 def ddrm_sample(model_fn, schedule, op, y, grid, key, *, sigma_y=0.0, eta: float = 0.85,
-                eta_b: float = 1.0, prediction: str = "eps", args=None):
+                eta_b: float = 1.0, prediction: str = "eps", args=None, z=None):
     """DDRM (module docstring) as one jitted ``lax.scan`` program.
 
     ``model_fn`` (sees ``args`` = :func:`restoration_args`), ``schedule``, ``prediction``: the
@@ -475,7 +496,8 @@ def ddrm_sample(model_fn, schedule, op, y, grid, key, *, sigma_y=0.0, eta: float
     ``grid``: descending times, one model call per step (end at t = 0 for a clean sample);
     ``eta``, ``eta_b`` in [0, 1] (traced: new values do not recompile). Randomness: the
     initial spectral noise from ``fold_in(key, 0)``, step i's from ``fold_in(fold_in(key, 1), i)``
-    (standard normal of shape (B, n) in the operator's spectral coordinates). Returns the samples
+    (standard normal of shape (B, n) in the operator's spectral coordinates; ``z`` (B,
+    *op.in_shape), flattened to (B, n), replaces the initial one). Returns the samples
     (B, *op.in_shape) at the end of the grid; NFE = ``len(grid) - 1``.
     """
     eta = _check_unit(eta, "eta")
@@ -488,8 +510,13 @@ def ddrm_sample(model_fn, schedule, op, y, grid, key, *, sigma_y=0.0, eta: float
     check_model_signature(model_fn, False, model_static)
     check_no_captured_arrays(model_static, "model_fn")
     dtype = jnp.promote_types(rargs[MEASUREMENT].dtype, jnp.float32)
+    B = rargs[MEASUREMENT].shape[0]
+    z = check_z(z, (B,) + tuple(op.in_shape), dtype, "ddrm")
+    # drawn outside the program either way, so that the key's draw given as z is the same program
+    z = (jax.random.normal(jax.random.fold_in(key, DDRM_INIT_STREAM), (B, op.dim_in), dtype) if z is None
+         else z.reshape(B, op.dim_in))
     return _ddrm(model_arrays, schedule, jnp.asarray(grid, dtype), key, rargs,
-                 jnp.asarray(eta, dtype), jnp.asarray(eta_b, dtype), model_static=model_static,
+                 jnp.asarray(eta, dtype), jnp.asarray(eta_b, dtype), z, model_static=model_static,
                  prediction=prediction)
 
 
@@ -564,20 +591,21 @@ def _plan_ddnm(schedule, nfe, solver, travel_length=1, travel_repeat=1, grid="lo
 
 def _restore_ddnm(plus, model_fn, schedule, op, y, sigma_y, nfe, key, *, prediction="eps",
                   solver=None, eta=0.85, travel_length=1, travel_repeat=1, grid="logsnr",
-                  args=None, x_T=None, return_plan=False):
+                  args=None, x_T=None, z=None, return_plan=False):
     plan = _plan_ddnm(schedule, nfe, solver, travel_length, travel_repeat, grid)
     solver = _resolve_solver(solver)
     if solver is None:
         x = ddnm_sample(model_fn, schedule, op, y, plan.grid, key, sigma_y=sigma_y, eta=eta,
                         travel_length=travel_length, travel_repeat=travel_repeat, x_T=x_T,
-                        prediction=prediction, args=args, plus=plus)
+                        prediction=prediction, args=args, plus=plus, z=z)
     else:
         rargs = restoration_args(op, y, sigma_y, args)
         k_init, k_run = jax.random.split(_check_key(key, "ddnm"))
+        shape = (rargs[MEASUREMENT].shape[0],) + tuple(op.in_shape)
+        dtype = jnp.promote_types(rargs[MEASUREMENT].dtype, jnp.float32)
+        z = check_z(z, shape, dtype, "ddnm", x_T)
         if x_T is None:
-            shape = (rargs[MEASUREMENT].shape[0],) + tuple(op.in_shape)
-            x_T = _initial_noise(schedule, plan.grid, k_init,
-                                 shape, jnp.promote_types(rargs[MEASUREMENT].dtype, jnp.float32))
+            x_T = _initial_noise(schedule, plan.grid, k_init, shape, dtype, z)
         hook = DDNMPlus() if plus else DDNM()
         if plan.path is None:
             x = sample(model_fn, schedule, solver, plan.grid, x_T, k_run, args=rargs,
@@ -594,8 +622,9 @@ def restore_ddnm(model_fn, schedule, op, y, sigma_y, nfe, key, *, prediction="ep
     options ``eta``, ``travel_length``, ``travel_repeat``); a solver (name or instance): the
     :class:`DDNM` hook with that solver (with time travel: on
     :func:`jdiff.paths.sample_path`, the solver restarting after every jump). Options: ``grid`` (spacing, default ``"logsnr"``, ending
-    at t = 0), ``args`` (model arguments), ``x_T``, ``return_plan`` (also return the
-    :class:`Plan`). Returns the samples (B, *op.in_shape)."""
+    at t = 0), ``args`` (model arguments), ``x_T``, ``z`` (standard-normal draws (B,
+    *op.in_shape) in place of the key's initial draw: x_T = ``init_noise(schedule, grid[0], z)``),
+    ``return_plan`` (also return the :class:`Plan`). Returns the samples (B, *op.in_shape)."""
     return _restore_ddnm(False, model_fn, schedule, op, y, sigma_y, nfe, key,
                          prediction=prediction, solver=solver, **options)
 
@@ -617,12 +646,13 @@ def _plan_ddrm(schedule, nfe, solver=None, grid="logsnr"):
 
 
 def restore_ddrm(model_fn, schedule, op, y, sigma_y, nfe, key, *, prediction="eps", solver=None,
-                 eta=0.85, eta_b=1.0, grid="logsnr", args=None, return_plan=False):
+                 eta=0.85, eta_b=1.0, grid="logsnr", args=None, z=None, return_plan=False):
     """DDRM within an NFE budget (``nfe`` steps of :func:`ddrm_sample` on a ``grid`` spacing
-    ending at t = 0). ``solver`` must be None."""
+    ending at t = 0). ``solver`` must be None. ``z`` (B, *op.in_shape): the standard-normal
+    vector of the spectral initialisation (flattened to (B, n)) in place of the key's."""
     plan = _plan_ddrm(schedule, nfe, solver, grid)
     x = ddrm_sample(model_fn, schedule, op, y, plan.grid, key, sigma_y=sigma_y, eta=eta,
-                    eta_b=eta_b, prediction=prediction, args=args)
+                    eta_b=eta_b, prediction=prediction, args=args, z=z)
     return (x, plan) if return_plan else x
 
 
@@ -650,6 +680,6 @@ __all__ = [
     "MEASUREMENT", "OPERATOR", "SIGMA_Y", "restoration_args", "read_measurement", "project",
     "DDNM", "DDNMPlus", "ddnm_projection", "DDNMStep", "ddnm_update", "ddnm_sample",
     "ddnm_plus_sample", "ddnm_nfe",
-    "ddrm_sample", "ddrm_compiled_programs", "Plan", "plan", "travel_steps", "restore_ddnm",
+    "ddrm_sample", "ddrm_compiled_programs", "check_z", "Plan", "plan", "travel_steps", "restore_ddnm",
     "restore_ddnm_plus", "restore_ddrm", "METHODS", "nfe_of",
 ]

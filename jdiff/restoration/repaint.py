@@ -43,7 +43,7 @@ from ..prediction import check_prediction
 from ..solvers import Solver, ddpm
 from .operators import Mask
 from .projection import (MEASUREMENT, Plan, _budget, _check_key, _grid, _initial_noise, _pixel,
-                         _resolve_solver, read_measurement, restoration_args)
+                         _resolve_solver, check_z, read_measurement, restoration_args)
 
 
 def _require_mask(op):
@@ -78,7 +78,7 @@ def _check_int(v, name):
 
 def repaint_sample(model_fn, schedule, mask_op, y, grid, key, *, sigma_y=0.0, jump_length: int = 10,
                    resamplings: int = 10, solver: Solver | None = None, x_T=None,
-                   prediction: str = "eps", args=None):
+                   prediction: str = "eps", args=None, z=None):
     """RePaint along :func:`jdiff.paths.repaint_path` of ``grid`` (module docstring).
 
     Args:
@@ -92,6 +92,8 @@ def repaint_sample(model_fn, schedule, mask_op, y, grid, key, *, sigma_y=0.0, ju
       jump_length, resamplings: RePaint's j and r (r = 1: no resampling).
       solver: default DDPM ancestral (the paper's); any jdiff solver.
       x_T: initial sample at ``grid[0]`` (default: prior noise).
+      z: standard-normal draws (B, *in_shape) in place of ``split(key)[0]``'s: x_T =
+        ``init_noise(schedule, grid[0], z)`` (not with ``x_T``).
 
     Returns the samples (B, *in_shape). NFE: :func:`repaint_nfe`.
     """
@@ -107,8 +109,10 @@ def repaint_sample(model_fn, schedule, mask_op, y, grid, key, *, sigma_y=0.0, ju
                         _check_int(resamplings, "resamplings"))
     k_init, k_run = jax.random.split(key)
     shape = tuple(y.shape)
+    dtype = jnp.promote_types(y.dtype, jnp.float32)
+    z = check_z(z, shape, dtype, "repaint", x_T)
     if x_T is None:
-        x_T = _initial_noise(schedule, grid, k_init, shape, jnp.promote_types(y.dtype, jnp.float32))
+        x_T = _initial_noise(schedule, grid, k_init, shape, dtype, z)
     elif tuple(jnp.shape(x_T)) != shape:
         raise ValueError(f"x_T must have shape {shape}, got {tuple(jnp.shape(x_T))}")
     return sample_path(model_fn, schedule, solver, grid, path, x_T, k_run, args=rargs,
@@ -162,15 +166,16 @@ def _plan_repaint(schedule, nfe, solver=None, jump_length=None, resamplings=None
 
 
 def restore_repaint(model_fn, schedule, op, y, sigma_y, nfe, key, *, prediction="eps", solver=None,
-                    jump_length=None, resamplings=None, grid="logsnr", args=None, x_T=None,
+                    jump_length=None, resamplings=None, grid="logsnr", args=None, x_T=None, z=None,
                     return_plan=False):
     """RePaint within an NFE budget (mask operators only). ``jump_length`` / ``resamplings``
     default to :func:`auto_schedule` of the budget (both None) or to the paper's 10; the step
-    count is the largest whose path fits the budget. ``solver``: default DDPM."""
+    count is the largest whose path fits the budget. ``solver``: default DDPM. ``z``: standard-normal
+    draws (B, *op.in_shape) in place of the key's initial draw (:func:`repaint_sample`)."""
     _require_mask(op)
     p, j, r = _plan_repaint(schedule, nfe, solver, jump_length, resamplings, grid)
     x = repaint_sample(model_fn, schedule, op, y, p.grid, key, sigma_y=sigma_y, jump_length=j,
-                       resamplings=r, solver=solver, x_T=x_T, prediction=prediction, args=args)
+                       resamplings=r, solver=solver, x_T=x_T, prediction=prediction, args=args, z=z)
     return (x, p) if return_plan else x
 
 

@@ -284,9 +284,14 @@ def restore_smc(model_fn, schedule, op, y, sigma_y, nfe, key, *, prediction: str
     ``nfe``: the number of DDPM steps, i.e. model evaluations *per particle*; the realised NFE per
     returned sample is ``nfe * particles`` (``info["nfe"]``, :func:`nfe_of`). ``solver`` must be
     None or ``"ddpm"`` (the closed-form proposal needs the DDPM Gaussian kernel). Options:
-    ``particles`` (default 64), ``ess_threshold`` (0.5), ``grid`` (``"logsnr"``). ``return_info``:
+    ``particles`` (default 64), ``ess_threshold`` (0.5), ``grid`` (``"logsnr"``); the common option
+    ``z`` is refused (ValueError) unless None: the particles' initial draw is the key's. ``return_info``:
     also return ``{"nfe", "steps", "particles", "ess_mean", "ess_min", "final_ess",
     "resample_fraction", ...}`` (ESS as fractions of N, averaged over rows)."""
+    if options.get("z") is not None:
+        raise ValueError("restore_smc: z is not supported (SMC draws B * particles initial particles from "
+                         "its key; a (B, *in_shape) z cannot seed them)")
+    options = {k: v for k, v in options.items() if k != "z"}
     p = plan(schedule, nfe, solver, **options)
     N = int(options.get("particles", SMC_DEFAULTS["particles"]))
     k_run, k_draw = _split_key(key, "restore_smc")
