@@ -46,3 +46,8 @@ def test_restoration_example_runs_as_documented():
     assert got["ddnm"][1] < 1e-6 and got["smc"][1] < 1e-6  # exactly consistent (noiseless)
     assert got["smc"][0] < 0.03 < got["dps"][0] < got["ddnm"][0]  # the documented ordering
     assert (got["ddnm"][2], got["dps"][2], got["smc"][2]) == (50, 50, 3200)
+
+
+def test_text_diffusion_example_runs_as_documented():
+    stdout = run_example("### Text diffusion")
+    assert stdout.splitlines() == ["0 0.05", "1.8914 1.8909"], stdout
