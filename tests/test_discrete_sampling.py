@@ -111,3 +111,12 @@ def test_bad_sampler_arguments(tb, proc):
         args = {"steps": 4, **kw}
         with pytest.raises(ValueError, match=msg):
             D.sample(D.denoiser_apply, tb, proc, jax.random.key(0), (2, tb.L), **args)
+
+
+def test_kth_largest_counts_ties_and_minus_infinity_like_lax_top_k():
+    from jdiff.discrete.sampling import kth_largest
+
+    x = jax.random.normal(jax.random.key(0), (3, 4, 50))
+    x = x.at[..., :5].set(-jnp.inf).at[0, 0, 10:20].set(3.0).at[1, 1, :48].set(-jnp.inf)  # ties, few finite
+    for k in (1, 2, 7, 30):
+        np.testing.assert_array_equal(kth_largest(x, k), jax.lax.top_k(x, k)[0][..., -1:])
