@@ -33,6 +33,7 @@ def _params(workdir):
     return [np.asarray(a) for a in __import__("jax").tree_util.tree_leaves(state.params)]
 
 
+@pytest.mark.slow  # ~20 s: a jdiff train subprocess; the in-process SIGTERM test stays in the default set
 def test_sigint_saves_the_step_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys):
     a, b = tmp_path / "interrupted", tmp_path / "straight"
     # without --quiet: stdout is a pipe, so progress comes as plain lines (not a rich bar)

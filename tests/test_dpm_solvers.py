@@ -43,7 +43,8 @@ def test_convergence_order(vp, problem, name, nominal):
     assert nominal - 0.3 <= slope <= nominal + 0.7, (name, errs, slope)
 
 
-@pytest.mark.parametrize("name", [pytest.param("dpm_solver_3", marks=pytest.mark.slow), "dpmpp_3m"])
+@pytest.mark.slow  # the steady-state order test covers dpmpp_3m in the default set
+@pytest.mark.parametrize("name", ["dpm_solver_3", "dpmpp_3m"])
 def test_third_order_multistep_global_order(vp, problem, name):
     """Default (Taylor-correct D2 coefficient) third-order multistep, standard lower-order start:
     measured order >= 2.7. With the published coefficient (reference_d2=True: official code,
@@ -250,7 +251,7 @@ def test_thresholding_in_sample_keeps_samples_in_range(vp):
 
 
 @pytest.mark.parametrize("schedule", [s if s in ("vp_discrete", "edm") else pytest.param(s, marks=pytest.mark.slow)
-                                      for s in jdiff.schedules.SCHEDULES])
+                                      for s in jdiff.schedules.SCHEDULES if s != "edm"] + [pytest.param("edm", marks=pytest.mark.slow)])
 def test_higher_order_solvers_work_on_every_schedule(schedule):
     """Exponential integrators need only (alpha, sigma, log-SNR), so VP (discrete, linear,
     cosine), VE and EDM all work: at 20 steps each higher-order solver's median per-sample error is

@@ -314,6 +314,7 @@ def _two_processes(workdir, steps):
     return results
 
 
+@pytest.mark.slow  # ~36 s: two jax.distributed processes; 4-device data parallelism stays in the default set
 def test_two_process_training_with_resume_matches_one_device(tmp_path):
     """Multi-host path: two processes joined by jax.distributed (gloo collectives on CPU), each
     feeding its half of every batch to a 4-device mesh, checkpointing into one shared directory;

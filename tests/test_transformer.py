@@ -56,7 +56,8 @@ def test_shapes_and_determinism(mode):
 
 
 @pytest.mark.parametrize("mode,prefix", [("agnostic", "sinusoidal"), ("layerwise", "sinusoidal"),
-                                         ("prefix", "sinusoidal"), ("prefix", "table")])
+                                         ("prefix", "sinusoidal"),
+                                         pytest.param("prefix", "table", marks=pytest.mark.slow)])
 def test_time_changes_output_only_when_fed(mode, prefix):
     kw = {} if prefix == "sinusoidal" else {"prefix_embedding": prefix}
     cfg, model, params, apply_fn = _setup(mode, cls_id=2, **kw)  # tokens >= 5: no padding
