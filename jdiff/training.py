@@ -435,7 +435,8 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], nu
       checkpointer: saves every ``save_every`` steps and at the end; restored from first.
       metadata: JSON-serialisable dict stored with every checkpoint.
       log_every: metrics are fetched from the device, appended to ``metrics_file`` (JSON lines:
-        step, wall time in seconds since this call started, metrics) and passed to ``callbacks``
+        step, wall time in seconds since this call started, the scalar metrics; arrays such as
+        per-example values are left out) and passed to ``callbacks``
         every ``log_every`` steps. A resumed run first drops the records after the checkpoint it
         resumed from (it redoes those steps), so the file holds each step once; the clock of
         its records restarts at 0.
@@ -477,7 +478,7 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], nu
                 done = step + 1
                 if done % log_every == 0 or done == num_steps:
                     record = {"step": done, "time": round(time.perf_counter() - t0, 4),
-                              **{k: _to_float(v) for k, v in metrics.items()}}
+                              **{k: _to_float(v) for k, v in metrics.items() if np.ndim(v) == 0}}
                     history.append(record)
                     if out is not None:
                         out.write(json.dumps(record) + "\n")

@@ -402,3 +402,20 @@ def test_cpu_conv_eigen_option_gives_the_same_step():
     assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-5)
     for a, b in zip(outs[0][1], outs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_logs_scalar_metrics_and_leaves_out_arrays(tmp_path):
+    """A loss may return per-example arrays among its metrics (the discrete bound per sequence):
+    fit logs the scalars and leaves the arrays out instead of failing."""
+    import types
+
+    state = types.SimpleNamespace(step=jnp.asarray(0))
+
+    def step_fn(st, batch):
+        return types.SimpleNamespace(step=st.step + 1), {"loss": jnp.asarray(batch), "per_seq": jnp.ones(3)}
+
+    res = training.fit(state, step_fn, lambda s: float(s), 4, log_every=2, progress=False,
+                       metrics_file=tmp_path / "m.jsonl")
+    assert [(r["step"], r["loss"]) for r in res.history] == [(2, 1.0), (4, 3.0)]
+    assert all("per_seq" not in r for r in res.history)
+    assert [json.loads(line)["loss"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == [1.0, 3.0]
