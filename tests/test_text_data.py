@@ -147,3 +147,14 @@ def test_literal_specials_and_unk_marker(tmp_path):
     with pytest.raises(ValueError, match="WordPiece tokenizers only"):
         tx.load_text_corpus(tmp_path / "train.txt", tmp_path / "test.txt", tokenizer="char",
                             unk_marker="<unk>")
+
+
+def test_wordpiece_training_gives_the_same_ids_every_time():
+    """tokenizers' trainer orders equal-count pieces by hash-map iteration (other ids from run to
+    run, same pieces); train() renumbers them canonically, and [UNK] written in text is [UNK]."""
+    words = [f"w{a}{b}" for a in "abcdefgh" for b in "ijklmnop"]  # many pieces of equal count
+    lines = [" ".join(words)] * 3
+    vocabs = [tx.WordPieceTokenizer.train(lines, vocab_size=120)._tok.get_vocab() for _ in range(4)]
+    assert all(v == vocabs[0] for v in vocabs[1:])
+    tok = tx.WordPieceTokenizer.train(lines, vocab_size=120)
+    assert tok.encode("wai [UNK]")[-1] == tok.unk_id

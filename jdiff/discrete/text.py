@@ -140,7 +140,21 @@ class WordPieceTokenizer(TextTokenizer):
                                             special_tokens=list(SPECIAL_TOKENS),
                                             limit_alphabet=limit_alphabet, show_progress=False)
         tok.train_from_iterator(texts, trainer)
-        return cls(tok, lowercase)
+        # The trainer orders pieces of equal count by hash-map iteration, which differs from run
+        # to run (same pieces, other ids): renumber them canonically, specials first, then the
+        # rest in sorted order, so that the same text always gives the same ids.
+        vocab = tok.get_vocab(with_added_tokens=True)
+        rest = sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+        canonical = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + rest)}
+        return cls(cls._special(cls._pipeline(models.WordPiece(canonical, unk_token="[UNK]"), lowercase)),
+                   lowercase)
+
+    @staticmethod
+    def _special(tok):
+        """Register the specials the vocabulary has as special tokens (a literal ``[UNK]`` in text
+        is that token, as after training); missing ones are left missing (an error later)."""
+        tok.add_special_tokens([t for t in SPECIAL_TOKENS if tok.token_to_id(t) is not None])
+        return tok
 
     @classmethod
     def from_vocab(cls, path: Union[str, os.PathLike], lowercase: bool = True) -> "WordPieceTokenizer":
@@ -159,7 +173,7 @@ class WordPieceTokenizer(TextTokenizer):
         if len(vocab) != len(tokens):
             raise ValueError(f"vocabulary file {path!r} has duplicate tokens")
         try:
-            return cls(cls._pipeline(models.WordPiece(vocab, unk_token="[UNK]"), lowercase),
+            return cls(cls._special(cls._pipeline(models.WordPiece(vocab, unk_token="[UNK]"), lowercase)),
                        lowercase)
         except ValueError as e:
             raise ValueError(f"vocabulary file {path!r}: {e}") from None
