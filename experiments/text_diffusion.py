@@ -268,8 +268,9 @@ def read_texts(args):
     binary, not UTF-8) are raised here, before any work."""
     from jdiff.discrete.text import read_corpus, split_text
 
-    train_path = str(DEFAULT_TRAIN) if args.data is None else args.data
-    test_path = str(DEFAULT_TEST) if args.data is None else args.test_data
+    # the defaults relative to the working directory: results record no machine's absolute path
+    train_path = os.path.relpath(DEFAULT_TRAIN) if args.data is None else args.data
+    test_path = os.path.relpath(DEFAULT_TEST) if args.data is None else args.test_data
     train_text = read_corpus(train_path)
     if test_path is None:
         train_text, test_text = split_text(train_text, args.test_fraction)
