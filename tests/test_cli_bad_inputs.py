@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import load_script
+from helpers import assert_one_line_error, load_script
 
 from jdiff.cli import main as jdiff_main
 
@@ -156,19 +156,8 @@ def test_bad_input_is_one_line_and_status_2(command, argv, message, tmp_path, mo
                                             experiment_main):
     monkeypatch.chdir(tmp_path)
     argv = _prepare(argv, tmp_path)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     main, prog = (jdiff_main, "jdiff") if command == "jdiff" else (experiment_main, "cifar10_sampling.py")
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    assert code == 2, (code, err)
-    assert err.startswith(f"{prog}: error: ") and err.count("\n") == 1, err
-    assert message in err, err
-    assert "Traceback" not in err and out == ""
-    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    assert after == before, "a failed command left files behind"
+    assert_one_line_error(main, argv, prog, message, tmp_path, capsys)
 
 
 def test_the_table_covers_every_command_with_at_least_30_inputs():

@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import load_script
+from helpers import assert_one_line_error, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "restoration.py"
@@ -37,17 +37,7 @@ BAD_INPUTS = [
 def test_bad_input_is_one_line_and_status_2(argv, message, mod, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "FILE").write_text("not a directory")
-    before = sorted(tmp_path.rglob("*"))
-    try:
-        code = mod.main(argv + ["--workdir", str(tmp_path / "run")])
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    assert code == 2, (code, err)
-    assert err.startswith("restoration.py: error: ") and err.count("\n") == 1, err
-    assert message in err, err
-    assert "Traceback" not in err and out == ""
-    assert sorted(tmp_path.rglob("*")) == before, "a failed command wrote files"
+    assert_one_line_error(mod.main, argv + ["--workdir", str(tmp_path / "run")], "restoration.py", message, tmp_path, capsys)
 
 
 def _toy_model(x, t, args=None):  # noqa: ARG001 - an eps prediction, no arrays captured

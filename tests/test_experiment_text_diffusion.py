@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import load_script
+from helpers import assert_one_line_error, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "text_diffusion.py"
@@ -69,17 +69,8 @@ def _prepare(tmp_path):
 def test_bad_input_is_one_line_and_status_2(argv, message, mod, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _prepare(tmp_path)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    try:
-        code = mod.main(argv)
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    assert code == 2, (code, err)
-    assert err.startswith("text_diffusion.py: error: ") and err.count("\n") == 1, err
-    assert message in err, err
-    assert "Traceback" not in err
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "a failed command wrote files"
+    assert_one_line_error(mod.main, argv, "text_diffusion.py", message, tmp_path, capsys,
+                          no_stdout=False)  # the run-settings check follows "tokenising ..."
 
 
 def test_bad_input_from_the_shell_is_one_line(tmp_path):
