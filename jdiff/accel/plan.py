@@ -102,11 +102,6 @@ class AccelPlan:
             raise ValueError(f"teleportation needs a continuous grid ({', '.join(CONTINUOUS_GRIDS)}), "
                              f"got {grid_name!r}")
 
-    @property
-    def hooks(self) -> tuple:
-        """The hooks as given, whatever the solver (see :meth:`hooks_for`)."""
-        return () if self.dualfast is None else (self.dualfast,)
-
     def dualfast_for(self, solver) -> DualFast | None:
         """The DualFast hook for ``solver`` (None: none, or the solver's default is off)."""
         if self.dualfast is None:
