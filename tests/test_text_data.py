@@ -158,3 +158,32 @@ def test_wordpiece_training_gives_the_same_ids_every_time():
     assert all(v == vocabs[0] for v in vocabs[1:])
     tok = tx.WordPieceTokenizer.train(lines, vocab_size=120)
     assert tok.encode("wai [UNK]")[-1] == tok.unk_id
+
+
+def test_save_and_load_tokenizer_any_kind(wordpiece, tmp_path):
+    """``save`` + ``load_tokenizer``: the whole pipeline comes back with the same ids (WordPiece
+    tokenizer.json, character JSON, BERT vocab.txt), with one-line errors for bad files."""
+    lines = _corpus(seed=2).splitlines() + ["The Big, RED dog [UNK] [MASK]"]
+    wordpiece.save(tmp_path / "tokenizer.json")
+    wordpiece.save_vocab(tmp_path / "vocab.txt")
+    char = tx.CharTokenizer.from_text("".join(lines))
+    char.save(tmp_path / "chars.json")
+    for path, tok, kind in [("tokenizer.json", wordpiece, tx.WordPieceTokenizer),
+                            ("vocab.txt", wordpiece, tx.WordPieceTokenizer), ("chars.json", char, tx.CharTokenizer)]:
+        again = tx.load_tokenizer(tmp_path / path)
+        assert type(again) is kind and again.special_ids == tok.special_ids
+        assert again.vocab_size == tok.vocab_size
+        assert again.encode_batch(lines) == tok.encode_batch(lines)
+        ids = tok.encode(lines[-1])
+        assert again.decode(ids) == tok.decode(ids)
+    cased = tx.WordPieceTokenizer.from_vocab(tmp_path / "vocab.txt", lowercase=False)
+    cased.save(tmp_path / "cased.json")
+    assert tx.load_tokenizer(tmp_path / "cased.json").lowercase is False
+    (tmp_path / "broken.json").write_text('{"model": ')
+    (tmp_path / "other.json").write_text('{"model": {"type": "BPE"}}')
+    for name, err, msg in [("nope.json", FileNotFoundError, "does not exist"),
+                           ("broken.json", ValueError, "not valid JSON"),
+                           ("other.json", ValueError, "tokenizer")]:
+        with pytest.raises(err, match=msg) as e:
+            tx.load_tokenizer(tmp_path / name)
+        assert "\n" not in str(e.value)

@@ -178,6 +178,31 @@ class WordPieceTokenizer(TextTokenizer):
         except ValueError as e:
             raise ValueError(f"vocabulary file {path!r}: {e}") from None
 
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the whole pipeline (vocabulary, normaliser, pre-tokeniser, decoder, special
+        tokens) as a HuggingFace ``tokenizer.json``; :func:`load_tokenizer` reads it back with the
+        same ids."""
+        self._tok.save(os.fspath(path))
+
+    @classmethod
+    def from_json(cls, path: Union[str, os.PathLike]) -> "WordPieceTokenizer":
+        """Load a ``tokenizer.json`` written by :meth:`save` (or any HuggingFace WordPiece
+        tokenizer file with the five BERT specials)."""
+        from tokenizers import Tokenizer
+        path = os.fspath(path)
+        try:
+            tok = Tokenizer.from_file(path)
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+            raise ValueError(f"{path!r} is not a readable tokenizer.json ({e})") from None
+        spec = json.loads(tok.to_str())
+        if (spec.get("model") or {}).get("type") != "WordPiece":
+            raise ValueError(f"{path!r} is not a WordPiece tokenizer file")
+        lowercase = bool((spec.get("normalizer") or {}).get("lowercase", True))
+        try:
+            return cls(tok, lowercase)
+        except ValueError as e:
+            raise ValueError(f"tokenizer file {path!r}: {e}") from None
+
     def save_vocab(self, path: Union[str, os.PathLike]) -> None:
         """Write ``vocab.txt`` (tokens in id order)."""
         vocab = self._tok.get_vocab(with_added_tokens=True)
@@ -216,6 +241,7 @@ class CharTokenizer(TextTokenizer):
         return cls(sorted(set(text)))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write ``{"type": "char", "chars": ...}`` (JSON); :func:`load_tokenizer` reads it back."""
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"type": "char", "chars": "".join(self.chars)}, f)
 
@@ -236,6 +262,26 @@ class CharTokenizer(TextTokenizer):
 
     def _decode(self, ids):
         return "".join(self._itos[i] for i in ids)
+
+
+def load_tokenizer(path: Union[str, os.PathLike]) -> TextTokenizer:
+    """A tokenizer saved by ``.save`` (either kind: JSON, told apart by its content) or a BERT
+    ``vocab.txt`` (any file that is not JSON). One-line errors for a missing or unreadable file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        is_json = f.read(4096).lstrip().startswith("{")
+    if not is_json:
+        return WordPieceTokenizer.from_vocab(path)
+    with open(path, encoding="utf-8") as f:
+        try:
+            spec = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"tokenizer file {path!r} is not valid JSON ({e})") from None
+    if spec.get("type") == "char":
+        return CharTokenizer.load(path)
+    return WordPieceTokenizer.from_json(path)
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -413,4 +459,4 @@ def load_text_corpus(train_path, test_path=None, *, tokenizer: Union[str, TextTo
 
 __all__ = ["SPECIAL_TOKENS", "PACKINGS", "TextTokenizer", "WordPieceTokenizer", "CharTokenizer",
            "read_corpus", "split_text", "count_words", "TokenChunks", "pack", "encode_corpus",
-           "TextCorpus", "load_text_corpus"]
+           "TextCorpus", "load_text_corpus", "load_tokenizer"]
