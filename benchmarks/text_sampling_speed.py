@@ -20,7 +20,11 @@ Measured, per schedule and step count, after one warm-up call (compilation):
     the spindle its weights).
 (d) ``top-k``: :func:`jdiff.discrete.filter_logits` alone on (64, 64, V) logits, jitted: what
     one sampler step spends on the top-k filter.
-(e) ``categorical``: ``jax.random.categorical`` alone on the same logits (the per-step draw).
+(e) ``categorical``: ``jax.random.categorical`` alone on the same logits (the ``gumbel`` draw);
+(f) ``inverse_cdf``: :func:`jdiff.discrete.categorical_inverse_cdf` alone (the default draw).
+
+Each sampler program runs with each ``--draws`` (``inverse_cdf``, ``gumbel``) in the same
+interleaved rounds, so their ratio is measured side by side.
 
 tokens/s = 64 x 64 / (a): the whole batch is produced by one call.
 """
@@ -48,6 +52,7 @@ def main(argv=None):
     ap.add_argument("--time-mode", default="agnostic", help="agnostic, layerwise or prefix")
     ap.add_argument("--rounds", type=int, default=None, help=f"timed rounds ({DEFAULT['rounds']})")
     ap.add_argument("--top-k", type=int, default=30)
+    ap.add_argument("--draws", default="inverse_cdf,gumbel", help="comma list of the sampler's draws")
     ap.add_argument("--out", default=None, help="output prefix (default results/text_sampling_speed)")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else DEFAULT)
@@ -58,9 +63,10 @@ def main(argv=None):
     if not steps_list or min(steps_list) < 1 or max(steps_list) > cfg["T"]:
         ap.error(f"--steps must be positive integers up to T = {cfg['T']}")
     schedules = [s.strip() for s in args.schedules.split(",") if s.strip()]
+    draws = [d.strip() for d in args.draws.split(",") if d.strip()]
     run = common.Run(__file__, argv)
 
-    from jdiff.discrete import absorbing, get_schedule, sample
+    from jdiff.discrete import absorbing, categorical_inverse_cdf, get_schedule, sample
     from jdiff.models.transformer import Transformer, TransformerConfig, init_params, make_apply_fn
 
     V, n, L, T = cfg["vocab"], cfg["n"], cfg["seq_len"], cfg["T"]
@@ -85,40 +91,48 @@ def main(argv=None):
     logits = jax.random.normal(jax.random.key(1), (n, L, V), jnp.float32)
     topk_jit = jax.jit(lambda lg: filter_logits(lg, args.top_k))
     cat_jit = jax.jit(lambda k, lg: jax.random.categorical(k, lg, axis=-1))
+    inv_jit = jax.jit(categorical_inverse_cdf)
+    parts = ("model", "topk", "categorical", "inverse_cdf")
     calls = {("model", 0): lambda r: model_jit(params, x_model, u_model),
              ("topk", 0): lambda r: topk_jit(logits),
-             ("categorical", 0): lambda r: cat_jit(jax.random.key(r), logits)}
+             ("categorical", 0): lambda r: cat_jit(jax.random.key(r), logits),
+             ("inverse_cdf", 0): lambda r: inv_jit(jax.random.key(r), logits)}
     for s, proc in processes.items():
-        for k in steps_list:
-            calls[(s, k)] = (lambda r, proc=proc, k=k: sample(apply_fn, params, proc, jax.random.key(r), (n, L), k,
-                                                              T=T, top_k=args.top_k))
+        for d in draws:
+            for k in steps_list:
+                calls[(s, d, k)] = (lambda r, proc=proc, k=k, d=d: sample(
+                    apply_fn, params, proc, jax.random.key(r), (n, L), k, T=T, top_k=args.top_k, draw=d))
     first = {}
     for key, call in calls.items():  # warm-up: compile
         first[key] = common.timeit(lambda call=call: call(0))
         print(f"warm-up {key}: {first[key]:.1f} s", flush=True)
     # the model call is cheap: time it 5 times per round
-    progs = {**{k: v for k, v in calls.items() if k[0] not in ("model", "topk", "categorical")},
-             **{(c, i): calls[(c, 0)] for c in ("model", "topk", "categorical") for i in range(5)}}
+    progs = {**{k: v for k, v in calls.items() if k[0] not in parts},
+             **{(c, i): calls[(c, 0)] for c in parts for i in range(5)}}
     times = common.interleaved_rounds(progs, cfg["rounds"],
                                       after_round=lambda r, t: print(f"round {r + 1}/{cfg['rounds']}", flush=True))
     model_times = [t for k, v in times.items() if k[0] == "model" for t in v]
     model_s = common.summary(model_times)
-    part = {c: common.summary([t for k, v in times.items() if k[0] == c for t in v]) for c in ("topk", "categorical")}
+    part = {c: common.summary([t for k, v in times.items() if k[0] == c for t in v]) for c in parts[1:]}
     rows, records = [], []
     for s in schedules:
-        for k in steps_list:
-            st = common.summary(times[(s, k)])
-            med = st["median"]
-            over = med - k * model_s["median"]
-            records.append({"schedule": s, "steps": k, "seconds": st, "first_call_s": first[(s, k)],
-                            "tokens_per_s": n * L / med, "model_calls_s": k * model_s["median"],
-                            "sampler_overhead_s": over})
-            rows.append([s, k, f"{med:.3f} [{st['q1']:.3f}, {st['q3']:.3f}]", f"{n * L / med:,.0f}",
-                         f"{k * model_s['median']:.3f}", f"{100 * over / med:+.0f}%", f"{first[(s, k)]:.1f}"])
+        for d in draws:
+            for k in steps_list:
+                st = common.summary(times[(s, d, k)])
+                med = st["median"]
+                over = med - k * model_s["median"]
+                ratio = (med / common.summary(times[(s, "gumbel", k)])["median"]
+                         if "gumbel" in draws and d != "gumbel" else None)
+                records.append({"schedule": s, "draw": d, "steps": k, "seconds": st, "first_call_s": first[(s, d, k)],
+                                "tokens_per_s": n * L / med, "model_calls_s": k * model_s["median"],
+                                "sampler_overhead_s": over, "time_vs_gumbel": ratio})
+                rows.append([s, d, k, f"{med:.3f} [{st['q1']:.3f}, {st['q3']:.3f}]", f"{n * L / med:,.0f}",
+                             "" if ratio is None else f"{ratio:.2f}",
+                             f"{k * model_s['median']:.3f}", f"{100 * over / med:+.0f}%", f"{first[(s, d, k)]:.1f}"])
     res = run.finish({"config": {**cfg, "steps": steps_list, "schedules": schedules, "time_mode": args.time_mode,
-                                 "top_k": args.top_k, "parameters": n_params},
+                                 "top_k": args.top_k, "parameters": n_params, "draws": draws},
                       "model_call_s": model_s, "topk_filter_s": part["topk"],
-                      "categorical_s": part["categorical"], "records": records})
+                      "categorical_s": part["categorical"], "inverse_cdf_s": part["inverse_cdf"], "records": records})
     title = "Text sampling speed (absorbing diffusion, compiled sampler)"
     md = common.md_header(title, res)
     md += [f"Model: BERT-style encoder, {cfg['layers']} layers, hidden {cfg['hidden']}, {cfg['heads']} heads, vocabulary "
@@ -127,11 +141,13 @@ def main(argv=None):
            f"(c) one model call at batch {n}: **{model_s['median'] * 1e3:.1f} ms** (median of {model_s['n']}; "
            f"IQR [{model_s['q1'] * 1e3:.1f}, {model_s['q3'] * 1e3:.1f}]); (d) `filter_logits` top-k {args.top_k} "
            f"alone: **{part['topk']['median'] * 1e3:.1f} ms**; (e) `jax.random.categorical` alone: "
-           f"**{part['categorical']['median'] * 1e3:.1f} ms** (both on ({n}, {L}, {V}) logits, per sampler step).", ""]
-    md += common.md_table(["schedule", "steps", "(a) sample s, median [IQR]", "tokens/s", "steps x (c) s",
-                           "sampler overhead", "first call s (compile)"], rows)
-    md += ["", "Sampler overhead = ((a) - steps x (c)) / (a): the posterior, top-k filter and categorical draw "
-           "(and for the spindle the per-token weights) on top of the network calls."]
+           f"**{part['categorical']['median'] * 1e3:.1f} ms**; (f) `categorical_inverse_cdf` alone: "
+           f"**{part['inverse_cdf']['median'] * 1e3:.1f} ms** (all on ({n}, {L}, {V}) logits, per sampler step).", ""]
+    md += common.md_table(["schedule", "draw", "steps", "(a) sample s, median [IQR]", "tokens/s", "time / gumbel",
+                           "steps x (c) s", "sampler overhead", "first call s (compile)"], rows)
+    md += ["", "Sampler overhead = ((a) - steps x (c)) / (a): the posterior, top-k filter and draw "
+           "(and for the spindle the per-token weights) on top of the network calls. time / gumbel: the "
+           "same program with `draw='gumbel'` (`jax.random.categorical`) in the same rounds."]
     common.report(common.out_prefix(args, "text_sampling_speed"), res, md)
     return 0
 

@@ -42,7 +42,8 @@ token (PTE)? The paper (bert-base, pretrained, LM1B, 1.9 M steps) finds spindle 
      Every configuration uses the same rows and the same key.
    * **samples**: ``--n-samples`` sequences of ``--seq-len`` tokens with ``--sample-steps``
      ancestral steps (x0-parameterised, step skipping, top-k ``--top-k`` 30 on the posterior
-     logits as the paper), the same key for every configuration; BLEU-4 of each sample against
+     logits as the paper; [PAD], [CLS] and [SEP] forbidden: they never occur in a packed row),
+     the same key for every configuration; BLEU-4 of each sample against
      all held-out rows (decoded the same way) and self-BLEU among the samples (sacrebleu, 0..100;
      the paper's Table 2 is 0..1).
    * **sampling time vs steps** (first configuration): compiled sampler, warm-up call, median of
@@ -291,9 +292,7 @@ def _cached_wordpiece(workdir: Path, settings: dict):
     """The WordPiece tokenizer saved in ``workdir`` by an earlier run with the same settings, else
     None. WordPiece training is not deterministic across processes (the ids of equally frequent
     pieces change from run to run), so a resumed or reused run must use the saved one."""
-    from tokenizers import Tokenizer
-
-    from jdiff.discrete.text import WordPieceTokenizer
+    from jdiff.discrete.text import load_tokenizer
 
     path, meta = workdir / TOKENIZER_FILE, workdir / TOKENIZER_META
     if not (path.exists() and meta.exists()):
@@ -301,7 +300,7 @@ def _cached_wordpiece(workdir: Path, settings: dict):
     try:
         if json.loads(meta.read_text()) != settings:
             return None
-        return WordPieceTokenizer(Tokenizer.from_file(str(path)))
+        return load_tokenizer(path)
     except Exception as err:  # noqa: BLE001 - a broken file: train a new tokenizer (runs then refuse it)
         print(f"ignoring {path} ({type(err).__name__}: {err})", file=sys.stderr)
         return None
@@ -312,7 +311,7 @@ def save_tokenizer(corpus: Corpus, workdir: Path, settings: dict) -> None:
     if corpus.tokenizer_source != "trained":
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    corpus.tokenizer._tok.save(str(workdir / TOKENIZER_FILE))  # no public save of the full pipeline
+    corpus.tokenizer.save(workdir / TOKENIZER_FILE)
     (workdir / TOKENIZER_META).write_text(json.dumps(settings, indent=1) + "\n")
 
 
@@ -497,6 +496,11 @@ def held_out_bound(apply_fn, params, process, chunks, rows, terms: int, batch: i
     return total, per_seq
 
 
+def never_sampled(tok):
+    """[PAD], [CLS] and [SEP]: never in a packed training row, so the sampler may not draw them."""
+    return (tok.pad_id, tok.cls_id, tok.sep_id)
+
+
 def evaluate(args, corpus: Corpus, model, params, schedule: str, rows, words_per_token: float, refs, log, tag):
     from jdiff.discrete import sample
     from jdiff.metrics.text import bleu_scores, perplexity_report, self_bleu_scores
@@ -518,11 +522,12 @@ def evaluate(args, corpus: Corpus, model, params, schedule: str, rows, words_per
     eval_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     x = sample(apply_fn, params, process, jax.random.fold_in(key, 2), (args.n_samples, args.seq_len),
-               args.sample_steps, T=args.T, temperature=args.temperature, top_k=args.top_k)
+               args.sample_steps, T=args.T, temperature=args.temperature, top_k=args.top_k,
+               forbidden=never_sampled(tok))
     x = np.asarray(jax.block_until_ready(x))
     sample_s = time.perf_counter() - t0
     masks_left = int((x == tok.mask_id).sum())
-    specials = int(np.isin(x, [tok.pad_id, tok.cls_id, tok.sep_id]).sum())  # never in the training rows
+    specials = int(np.isin(x, never_sampled(tok)).sum())  # forbidden: 0 unless the sampler is broken
     texts = tok.decode_batch(x)
     bl = bleu_scores(texts, refs)
     sbl = self_bleu_scores(texts)
@@ -550,7 +555,8 @@ def sampling_speed(args, corpus: Corpus, model, params, schedule: str, steps_lis
     out = []
     for steps in steps_list:
         call = lambda r: sample(apply_fn, params, process, jax.random.key(10_000 + r), shape, steps, T=args.T,  # noqa: E731
-                                temperature=args.temperature, top_k=args.top_k)
+                                temperature=args.temperature, top_k=args.top_k,
+                                forbidden=never_sampled(corpus.tokenizer))
         t0 = time.perf_counter()
         jax.block_until_ready(call(0))
         first = time.perf_counter() - t0

@@ -105,9 +105,54 @@ def test_one_step_with_T_and_stride(tb, proc):
     assert seen == [1.0, 0.75, 0.5, 0.25]
 
 
+def test_inverse_cdf_draw_matches_the_probabilities():
+    """Frequencies of 400k draws within 4.5 standard errors of the probabilities; entries of
+    probability 0 (-inf logits, first, inner and last) are never drawn."""
+    logits = jnp.log(jnp.array([0.0, 0.5, 0.2, 0.0, 0.25, 1e-3, 0.049, 0.0]))
+    n = 400_000
+    x = np.asarray(D.categorical_inverse_cdf(jax.random.key(0), jnp.broadcast_to(logits, (n, 8))))
+    p = np.asarray(jax.nn.softmax(logits), np.float64)
+    freq = np.bincount(x, minlength=8) / n
+    assert np.all(freq[p == 0] == 0)
+    np.testing.assert_array_less(np.abs(freq - p), 4.5 * np.sqrt(p * (1 - p) / n) + 1e-12)
+
+
+def test_infilling_samples_the_exact_conditional(tb, proc):
+    """x_init fixes positions 0 and 2: the given tokens never change, and the samples converge to
+    the closed-form conditional p(x_1, x_3 | x_0, x_2) (one step: the product of its marginals)."""
+    n, given = 20000, {0: 1, 2: 3}
+    x_init = np.full((n, tb.L), tb.mask_id, np.int32)
+    for i, v in given.items():
+        x_init[:, i] = v
+    seqs, p = tb.all_sequences(), tb.all_probs()
+    keep = np.all([seqs[:, i] == v for i, v in given.items()], 0)
+    cond = np.where(keep, p, 0.0) / p[keep].sum()
+    floor = np.mean([D.tv_distance(seqs[np.random.default_rng(r).choice(len(p), size=n, p=cond)], cond, tb.V)
+                     for r in range(4)])  # TV of n exact samples, averaged over 4 draws
+    tv = {}
+    for steps in (1, 32):
+        x = np.asarray(D.sample(D.denoiser_apply, tb, proc, jax.random.key(0), None, steps, x_init=jnp.asarray(x_init)))
+        assert np.all(x[:, [0, 2]] == [1, 3]) and not np.any(x == tb.mask_id)
+        tv[steps] = D.tv_distance(x, cond, tb.V)
+    # 8 keys gave tv[32] / floor 0.76-1.48 (sampling noise of both); one step gives ~5x
+    assert tv[1] > 3 * floor and tv[32] < 1.6 * floor, (tv, floor)
+
+
+def test_forbidden_ids_and_gumbel_draw(tb, proc):
+    plain = run(tb, proc, jax.random.key(5), n=256, draw="gumbel")
+    assert np.any(plain == 0) and np.any(plain == 3)
+    x = run(tb, proc, jax.random.key(5), n=256, forbidden=(0, 3))
+    assert not np.any(np.isin(x, [0, 3, tb.mask_id])) and np.all(x < tb.V)
+
+
 def test_bad_sampler_arguments(tb, proc):
+    x_bad = jnp.full((2, tb.L), tb.num_states, jnp.int32)
     for kw, msg in (({"steps": 0}, "steps"), ({"T": 2}, "T must be"), ({"top_p": 0.0}, "top_p"),
-                    ({"temperature": 0.0}, "temperature"), ({"filter_on": "logits"}, "filter_on")):
+                    ({"temperature": 0.0}, "temperature"), ({"filter_on": "logits"}, "filter_on"),
+                    ({"draw": "argmax"}, "draw"), ({"forbidden": (tb.mask_id,)}, "forbidden"),
+                    ({"forbidden": tuple(range(tb.V))}, "no token"), ({"x_init": x_bad}, "outside"),
+                    ({"x_init": jnp.zeros((3, tb.L), jnp.int32)}, "disagrees"),
+                    ({"x_init": jnp.zeros((2, tb.L))}, "integer array")):
         args = {"steps": 4, **kw}
         with pytest.raises(ValueError, match=msg):
             D.sample(D.denoiser_apply, tb, proc, jax.random.key(0), (2, tb.L), **args)

@@ -50,4 +50,4 @@ def test_restoration_example_runs_as_documented():
 
 def test_text_diffusion_example_runs_as_documented():
     stdout = run_example("### Text diffusion")
-    assert stdout.splitlines() == ["0 0.05", "1.8914 1.8909"], stdout
+    assert stdout.splitlines() == ["0 0.052", "1.8914 1.8909", "True 0.025"], stdout

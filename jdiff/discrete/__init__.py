@@ -10,13 +10,13 @@
 from .absorbing import (SCHEDULES, SPINDLE_FORMS, Absorbing, Cosine, Linear, Spindle, absorbing, cosine,
                         discrete_times, get_schedule, linear, predicted_x0, spindle, x0_log_probs)
 from .losses import LOSS_KINDS, LossSpec, absorbing_loss, kl_masked, sequence_bound, split_batch
-from .sampling import FILTER_ON, filter_logits, sample, sampler_nfe
+from .sampling import DRAWS, FILTER_ON, categorical_inverse_cdf, filter_logits, sample, sampler_nfe
 from .testbeds import (BUILTIN_DISCRETE, MixtureProduct, denoiser_apply, exact_bound, from_arrays,
                        get_discrete_testbed, load_spec, mask_weights, nll_table, sequence_index, tv_distance)
 
 __all__ = ["SCHEDULES", "SPINDLE_FORMS", "Absorbing", "Cosine", "Linear", "Spindle", "absorbing", "cosine",
            "discrete_times", "get_schedule", "linear", "predicted_x0", "spindle", "x0_log_probs",
            "LOSS_KINDS", "LossSpec", "absorbing_loss", "kl_masked", "sequence_bound", "split_batch",
-           "FILTER_ON", "filter_logits", "sample", "sampler_nfe",
+           "DRAWS", "FILTER_ON", "categorical_inverse_cdf", "filter_logits", "sample", "sampler_nfe",
            "BUILTIN_DISCRETE", "MixtureProduct", "denoiser_apply", "exact_bound", "from_arrays",
            "get_discrete_testbed", "load_spec", "mask_weights", "nll_table", "sequence_index", "tv_distance"]

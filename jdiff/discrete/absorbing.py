@@ -194,10 +194,12 @@ def get_schedule(name: str, counts=None, **kw):
     raise ValueError(f"unknown discrete schedule {name!r}; valid: {', '.join(SCHEDULES)}")
 
 
-def x0_log_probs(logits, mask_id: int):
-    """log p_theta(x0 | x_t) (B, L, N) from network logits, the mask's logit forced to -inf."""
+def x0_log_probs(logits, mask_id: int, forbidden=()):
+    """log p_theta(x0 | x_t) (B, L, N) from network logits, the mask's logit forced to -inf, and
+    those of the ids in ``forbidden`` (a static tuple: e.g. [PAD], [CLS], [SEP], which never
+    occur in clean text) too; the rest renormalised."""
     logits = jnp.asarray(logits, jnp.float32)
-    logits = logits.at[..., mask_id].set(-jnp.inf)
+    logits = logits.at[..., (mask_id,) + tuple(forbidden)].set(-jnp.inf)
     return jax.nn.log_softmax(logits, axis=-1)
 
 
