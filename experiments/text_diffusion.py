@@ -85,7 +85,7 @@ SCHEDULE_CHOICES = ("linear", "cosine", "spindle")
 TIME_MODE_CHOICES = ("agnostic", "layerwise", "prefix")
 TOKENIZERS = ("wordpiece", "char")
 
-# CPU default: 6 configurations in about 15 minutes on 2 free cores (see the results page).
+# CPU default: 6 configurations in 11 minutes on 2 free cores (benchmarks/results/text_diffusion.md).
 DEFAULTS = dict(steps=800, batch_size=32, seq_len=64, vocab_size=2000, layers=2, hidden=128, heads=4,
                 intermediate=None, dropout=0.1, T=256, lr=1e-3, warmup=60, weight_decay=0.01,
                 eval_rows=256, eval_terms=32, eval_batch=64, n_samples=64, sample_steps=64,
@@ -647,19 +647,22 @@ def plot(res, path):
     axes[0].set_ylabel(f"bound estimate, nats/token (moving mean of {k})")
     axes[0].legend(fontsize=7)
     names = [c["name"] for c in res["configs"]]
-    vals = [c["ppl"]["ppl_word"] for c in res["configs"]]
+    # characters: nats per token (a character model's per-word perplexity is in the millions)
+    key, label = (("nats_per_token", "held-out bound, nats/token") if res["settings"].get("tokenizer") == "char"
+                  else ("ppl_word", "held-out bound PPL per word"))
+    vals = [c["ppl"][key] for c in res["configs"]]
     colors = ["tab:red" if c["schedule"] == "spindle" else "tab:blue" for c in res["configs"]]
     axes[1].bar(range(len(vals)), vals, color=colors)
     lo, hi = min(vals), max(vals)
     if res.get("unigram_baseline"):
-        u = res["unigram_baseline"]["ppl_word"]
+        u = res["unigram_baseline"][key]
         axes[1].axhline(u, color="k", ls="--", lw=1, label="unigram baseline (no context)")
         axes[1].legend(fontsize=7)
         lo, hi = min(lo, u), max(hi, u)
     axes[1].set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9))
     axes[1].set_xticks(range(len(vals)))
     axes[1].set_xticklabels(names, rotation=30, ha="right", fontsize=7)
-    axes[1].set_ylabel("held-out bound PPL per word (lower is better)")
+    axes[1].set_ylabel(f"{label} (lower is better)")
     fig.suptitle(f"{res['settings']['steps']} steps x batch {res['settings']['batch_size']}, "
                  f"{res['settings']['layers']}x{res['settings']['hidden']} encoder, T = {res['settings']['T']}", fontsize=9)
     fig.tight_layout()
