@@ -536,7 +536,7 @@ def evaluate(args, corpus: Corpus, model, params, schedule: str, rows, words_per
         f"PPL/word {ppl['ppl_word']:.1f}; BLEU {bl.mean():.2f}, self-BLEU {sbl.mean():.2f} "
         f"(eval {eval_s:.0f} s, sampling {sample_s:.0f} s)")
     return {"ppl": ppl, "bound_per_seq_mean": float(per_seq.mean()), "bound_per_seq_sd": float(per_seq.std(ddof=1))
-            if len(per_seq) > 1 else None,
+            if len(per_seq) > 1 else None, "bound_per_row": [round(float(v), 4) for v in per_seq],
             "bleu": float(bl.mean()), "bleu_sd": float(bl.std()), "self_bleu": float(sbl.mean()),
             "self_bleu_sd": float(sbl.std()), "masks_left": masks_left, "special_tokens_in_samples": specials,
             "distinct_samples": distinct,
@@ -616,6 +616,7 @@ def markdown(res) -> str:
         u = res["unigram_baseline"]
         lines.append(f"| unigram baseline (training counts, add-one; no context) | {u['nats_per_token']:.3f} | "
                      f"{u['ppl_token']:.2f} | {u['ppl_word']:.1f} | | | | | | | |")
+    lines += paired_lines(res["configs"], res["eval"]["tokens"])
     best = min(res["configs"], key=lambda r: r["ppl"]["ppl_word"])
     lines += ["", f"Best bound: **{best['name']}** (PPL/word {best['ppl']['ppl_word']:.1f}). Train loss / bound: mean of "
               "the last 10 logged values (single-t estimates). Sampling s includes compilation.", ""]
@@ -626,6 +627,21 @@ def markdown(res) -> str:
         lines += [f"| {r['steps']} | {r['seconds']:.3f} | {r['tokens_per_second']:,.0f} |" for r in res["speed"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def paired_lines(configs, n_tokens: int) -> list:
+    """Differences of the held-out bound against the first configuration, paired over the same rows
+    and key: mean per token and its standard error from the per-row differences."""
+    base = configs[0]
+    if len(configs) < 2 or not base.get("bound_per_row") or len(base["bound_per_row"]) < 2:
+        return []
+    b0 = np.asarray(base["bound_per_row"])
+    out = ["", f"Paired differences of the held-out bound against {base['name']} (same rows and key; nats/token, "
+           "± standard error from the per-row differences):", "", "| configuration | difference |", "|---|---|"]
+    for cfg in configs[1:]:
+        d = (np.asarray(cfg["bound_per_row"]) - b0) * len(b0) / n_tokens  # per-row nats -> per-token share
+        out.append(f"| {cfg['name']} | {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f} |")
+    return out
 
 
 def plot(res, path):

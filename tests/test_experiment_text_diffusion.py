@@ -160,6 +160,17 @@ def test_held_out_bound_pads_the_last_batch_with_empty_rows(mod):
     assert np.asarray(empty).tolist() == [0.0, 0.0]  # the padding rows of the last batch add nothing
 
 
+def test_paired_differences_per_token(mod):
+    """Per-row bounds (nats) of 4 rows, 8 tokens: the difference per token is the mean per-row
+    difference x rows / tokens, its standard error from the per-row differences."""
+    base = {"name": "a", "bound_per_row": [10.0, 12.0, 11.0, 9.0]}
+    other = {"name": "b", "bound_per_row": [11.0, 12.0, 12.0, 11.0]}  # differences 1, 0, 1, 2
+    lines = mod.paired_lines([base, other], 8)
+    d = np.array([1.0, 0.0, 1.0, 2.0]) * 4 / 8
+    assert lines[-1] == f"| b | {d.mean():+.4f} ± {d.std(ddof=1) / 2:.4f} |" == "| b | +0.5000 ± 0.2041 |"
+    assert mod.paired_lines([base], 8) == [] and mod.paired_lines([{"name": "a"}, other], 8) == []
+
+
 @pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path):
     (tmp_path / "c.txt").write_text(TEXT * 3)
@@ -171,7 +182,7 @@ def test_quick_run_end_to_end(tmp_path):
     res = json.loads((out_dir / "results.json").read_text())
     assert [c["name"] for c in res["configs"]] == ["spindle_agnostic", "spindle_layerwise"]
     for c in res["configs"]:
-        assert c["train_steps"] == 3 and c["masks_left"] == 0
+        assert c["train_steps"] == 3 and c["masks_left"] == 0 and len(c["bound_per_row"]) == res["eval"]["rows"]
         assert math.isfinite(c["ppl"]["ppl_token"]) and math.isfinite(c["ppl"]["ppl_word"])
         assert 0 <= c["bleu"] <= 100 and 0 <= c["self_bleu"] <= 100
         lines = (out_dir / f"samples_{c['name']}.txt").read_text().splitlines()
