@@ -464,6 +464,8 @@ def train_config(args, corpus: Corpus, schedule: str, time_mode: str, rdir: Path
     history = [json.loads(x) for x in (rdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     if res.resumed_from is not None:
         log(f"  resumed from step {res.resumed_from}")
+        if res.resumed_from >= args.steps and history:  # nothing trained now: report the run's own time
+            seconds = float(history[-1].get("time", seconds))
     return res.state, history, seconds, model
 
 
