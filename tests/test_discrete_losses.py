@@ -78,7 +78,6 @@ def test_sequence_bound_evaluates_every_term(testbed):
     assert abs(v.mean() - exact) < 4 * se + 1e-4, (v.mean(), exact, se)
 
 
-@pytest.mark.slow
 def test_continuous_bound_matches_the_large_T_limit(testbed):
     proc = D.absorbing(D.linear(), testbed.num_states, testbed.mask_id)
     loss = D.absorbing_loss(proc, kind="continuous")
