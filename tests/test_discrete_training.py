@@ -4,6 +4,7 @@ can reach) and its bound stays a bound (not below the exact entropy)."""
 
 import jax
 import numpy as np
+import pytest
 
 from jdiff import discrete as D
 from jdiff.models.transformer import (Transformer, TransformerConfig, bind_dropout, init_params, make_apply_fn,
@@ -11,6 +12,7 @@ from jdiff.models.transformer import (Transformer, TransformerConfig, bind_dropo
 from jdiff.training import create_train_state, jit_train_step, make_optimizer, make_train_step
 
 
+@pytest.mark.slow  # 9-19 s: the default suite ran 10:40 with it under load
 def test_trained_transformer_learns_context_on_the_exact_testbed():
     tb = D.get_discrete_testbed("k4l5v6")
     T, steps = 16, 150
