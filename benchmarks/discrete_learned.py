@@ -104,13 +104,13 @@ def train_and_eval(args, tb, schedule, time_mode, seed, x_eval):
     state = create_train_state(init_params(model, jax.random.key(seed), seq_len=tb.L), opt, seed=seed)
     step = jit_train_step(make_train_step(loss_fn, opt, ema_decay=0.999, ema_warmup=True))
     data_key = jax.random.fold_in(jax.random.key(1234), seed)
-    evaluate = jax.jit(lambda p: D.sequence_bound(p, apply_fn, proc, x_eval, jax.random.key(7), args.T))
+    evaluate = jax.jit(lambda p, x: D.sequence_bound(p, apply_fn, proc, x, jax.random.key(7), args.T))
     marks = set(np.linspace(0, args.steps, args.evals + 1).round().astype(int)[1:].tolist())
     curve, t0 = [], time.perf_counter()
     for s in range(args.steps):
         state, _ = step(state, tb.sample(jax.random.fold_in(data_key, s), args.batch_size))
         if s + 1 in marks:
-            b = np.asarray(evaluate(state.ema_params), np.float64)
+            b = np.asarray(evaluate(state.ema_params, x_eval), np.float64)
             curve.append((s + 1, float(b.mean())))
     return curve, b, time.perf_counter() - t0
 
